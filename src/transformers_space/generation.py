@@ -1,0 +1,93 @@
+"""`SpaceGenerationMixin`: `generate(..., use_space=True)` on any supported causal LM.
+
+The mixin only decides and checks; the decoding itself runs inside transformers' own `generate` as a
+`custom_generate` function, so input preparation, generation-config merging, logits processors,
+stopping criteria and streamers all come from transformers.
+
+Imports only torch, transformers and sibling modules (it ships as remote code).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+
+from .decoding import space_decoding, space_settings
+
+
+class SuppressMaskTokenLogitsProcessor(LogitsProcessor):
+    """Keeps the SPACE mask token out of plain decoding too: it exists only for drafting."""
+
+    def __init__(self, mask_token_id: int):
+        self.mask_token_id = mask_token_id
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        scores = scores.clone()
+        scores[:, self.mask_token_id] = float("-inf")
+        return scores
+
+
+class SpaceGenerationMixin:
+    """Put first in the bases of a causal LM class: `class SpaceLlama(SpaceGenerationMixin, LlamaForCausalLM)`."""
+
+    def generate(self, inputs=None, generation_config=None, logits_processor=None, use_space=None, **kwargs):
+        """`generate` with one more switch, `use_space` (default: `generation_config.use_space`, else False)."""
+        mask_token_id, _ = space_settings(self)
+        if use_space is None:
+            use_space = getattr(generation_config or self.generation_config, "use_space", False)
+        if not use_space:
+            processors = LogitsProcessorList(logits_processor or [])
+            processors.append(SuppressMaskTokenLogitsProcessor(mask_token_id))
+            return super().generate(inputs, generation_config, logits_processor=processors, **kwargs)
+        check_space_request(self, inputs, generation_config, kwargs, mask_token_id)
+        return super().generate(
+            inputs, generation_config, logits_processor=logits_processor, custom_generate=space_decoding, **kwargs
+        )
+
+
+def check_space_request(model, inputs, generation_config, kwargs: dict, mask_token_id: int) -> None:
+    """Refuse what SPACE cannot do before any work starts, saying what to change."""
+    if kwargs.get("assistant_model") is not None:
+        raise ValueError(
+            "`use_space=True` cannot be combined with `assistant_model`: SPACE drafts with the model itself. "
+            "Drop `assistant_model` or pass use_space=False."
+        )
+    if kwargs.get("custom_generate") is not None:
+        raise ValueError("`use_space=True` already sets `custom_generate`; pass only one of them.")
+    merged = copy.deepcopy(generation_config or model.generation_config)
+    if not isinstance(merged, GenerationConfig):
+        raise TypeError(f"`generation_config` should be a GenerationConfig, got {type(merged).__name__}.")
+    merged.update(**{k: v for k, v in kwargs.items() if hasattr(merged, k)})
+    if (merged.num_beams or 1) > 1:
+        raise ValueError(
+            f"SPACE decoding cannot be combined with beam search (num_beams={merged.num_beams}). "
+            "Use num_beams=1, or use_space=False for beam search."
+        )
+    for name in ("prompt_lookup_num_tokens", "assistant_early_exit"):
+        if getattr(merged, name, None) is not None:
+            raise ValueError(
+                f"`use_space=True` cannot be combined with `{name}`: SPACE drafts with the model itself. "
+                f"Set `{name}` to None or pass use_space=False."
+            )
+    attention = getattr(model.config, "_attn_implementation", None) or "eager"
+    if attention not in ("eager", "sdpa"):
+        raise ValueError(
+            f"SPACE decoding needs custom 4D attention masks, which attn_implementation={attention!r} cannot "
+            "take. Load the model with attn_implementation='sdpa' or 'eager'."
+        )
+    mask = kwargs.get("attention_mask")
+    if mask is not None and mask.dim() != 2:
+        raise ValueError(
+            f"SPACE decoding builds its own 4D attention masks; pass a 2D padding mask [batch, length], "
+            f"got shape {tuple(mask.shape)}."
+        )
+    if kwargs.get("inputs_embeds") is not None:
+        raise ValueError("SPACE decoding needs token ids; pass `input_ids` instead of `inputs_embeds`.")
+    prompt = inputs if inputs is not None else kwargs.get("input_ids")
+    if isinstance(prompt, torch.Tensor) and (prompt == mask_token_id).any():
+        raise ValueError(
+            f"The prompt contains the SPACE mask token (id {mask_token_id}), which is reserved for drafting. "
+            "Remove it from the input."
+        )

@@ -1,0 +1,119 @@
+"""Tiny random causal LMs of every supported architecture, built in-process (no Hub access).
+
+`drafty=True` makes drafts often right without training: every residual branch's output projection is
+shrunk (each position's prediction then depends mostly on its own token), all embeddings share one
+common direction and the LM-head row of one "favourite" token is pointed along it, so most positions,
+mask positions included, predict the favourite, but context still changes some predictions. The mask
+token's input embedding is that of an ordinary token. Then the full-acceptance, partial-acceptance,
+bonus-token and stop-inside-a-run paths of SPACE decoding all occur.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    GemmaConfig,
+    GPT2Config,
+    GPTNeoXConfig,
+    LlamaConfig,
+    MistralConfig,
+    Olmo2Config,
+    Phi3Config,
+    Qwen2Config,
+    Qwen3Config,
+)
+
+from transformers_space import add_space_support
+
+VOCAB = 48
+COMMON = dict(vocab_size=VOCAB, bos_token_id=None, eos_token_id=None, pad_token_id=0)
+LLAMA_LIKE = dict(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+    max_position_embeddings=512, **COMMON,
+)
+
+CONFIGS = {
+    "llama": lambda: LlamaConfig(**LLAMA_LIKE),
+    "mistral": lambda: MistralConfig(**LLAMA_LIKE, sliding_window=4096),
+    "qwen2": lambda: Qwen2Config(**LLAMA_LIKE),
+    "qwen3": lambda: Qwen3Config(**LLAMA_LIKE, head_dim=8),
+    "phi3": lambda: Phi3Config(**LLAMA_LIKE),
+    "gemma": lambda: GemmaConfig(**LLAMA_LIKE, head_dim=8),
+    "olmo2": lambda: Olmo2Config(**LLAMA_LIKE),
+    "gpt2": lambda: GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=512, **COMMON),
+    "gpt_neox": lambda: GPTNeoXConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=512, **COMMON,
+    ),
+}
+ARCHITECTURES = tuple(CONFIGS)
+
+RESIDUAL_OUTPUTS = ("o_proj", "down_proj", "c_proj", "dense", "dense_4h_to_h")
+
+
+def tiny_config(arch: str, **overrides):
+    config = CONFIGS[arch]()
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return config
+
+
+def tiny_model(
+    arch: str,
+    seed: int = 0,
+    num_mask_tokens: int = 3,
+    drafty: bool = False,
+    residual_scale: float = 0.3,
+    favourite_strength: float = 3.0,
+    dtype=torch.float32,
+    attn_implementation: str = "sdpa",
+    **config_overrides,
+):
+    """A random `arch` model with SPACE support, in eval mode."""
+    torch.manual_seed(seed)
+    config = tiny_config(arch, **config_overrides)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation, dtype=dtype)
+    model.eval()
+    if drafty:
+        make_drafty(model, seed, residual_scale, favourite_strength)
+    add_space_support(model, num_mask_tokens=num_mask_tokens)
+    if drafty:
+        mask_id = model.config.space_config["mask_token_id"]
+        generator = torch.Generator().manual_seed(seed)
+        donor = int(torch.randint(1, VOCAB, (1,), generator=generator))
+        with torch.no_grad():
+            model.get_input_embeddings().weight[mask_id] = model.get_input_embeddings().weight[donor]
+    return model
+
+
+@torch.no_grad()
+def make_drafty(model, seed: int, residual_scale: float, favourite_strength: float) -> None:
+    for name, module in model.named_modules():
+        if name.split(".")[-1] in RESIDUAL_OUTPUTS:
+            for param in module.parameters():
+                param.mul_(residual_scale)
+    generator = torch.Generator().manual_seed(seed + 1)
+    embeddings = model.get_input_embeddings().weight
+    direction = torch.randn(embeddings.shape[1], generator=generator)
+    direction = direction / direction.norm() * embeddings.norm(dim=1).mean()
+    embeddings += direction
+    favourite = 1 + seed % (VOCAB - 1)
+    head = model.get_output_embeddings().weight
+    head[favourite] += favourite_strength * head.norm(dim=1).mean() * direction / direction.norm()
+
+
+def random_prompts(batch: int, length: int, seed: int, low: int = 1, high: int = VOCAB) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(low, high, (batch, length), generator=generator)
+
+
+def left_padded(lengths: list[int], seed: int, pad_token_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random prompts of the given lengths, left-padded as a tokenizer with padding_side='left' would."""
+    width = max(lengths)
+    ids = random_prompts(len(lengths), width, seed)
+    mask = torch.ones_like(ids)
+    for row, length in enumerate(lengths):
+        ids[row, : width - length] = pad_token_id
+        mask[row, : width - length] = 0
+    return ids, mask
