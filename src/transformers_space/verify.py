@@ -34,10 +34,8 @@ def greedy_verify(
         if not still.any():
             break
         predicted = score_fn(depth, verify_logits[:, depth], still).argmax(-1)
-        if depth < candidates.shape[1]:
-            match = still & (candidates[:, depth] == predicted)
-        else:
-            match = torch.zeros_like(still)
+        has_candidate = depth < candidates.shape[1]
+        match = still & (candidates[:, depth] == predicted) if has_candidate else torch.zeros_like(still)
         stopped = still & ~match
         next_token = torch.where(stopped, predicted, next_token)
         accepted += match.long()
