@@ -34,17 +34,17 @@ LLAMA_LIKE = dict(
 )
 
 CONFIGS = {
-    "llama": lambda: LlamaConfig(**LLAMA_LIKE),
-    "mistral": lambda: MistralConfig(**LLAMA_LIKE, sliding_window=4096),
-    "qwen2": lambda: Qwen2Config(**LLAMA_LIKE),
-    "qwen3": lambda: Qwen3Config(**LLAMA_LIKE, head_dim=8),
-    "phi3": lambda: Phi3Config(**LLAMA_LIKE),
-    "gemma": lambda: GemmaConfig(**LLAMA_LIKE, head_dim=8),
-    "olmo2": lambda: Olmo2Config(**LLAMA_LIKE),
-    "gpt2": lambda: GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=512, **COMMON),
-    "gpt_neox": lambda: GPTNeoXConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=512, **COMMON,
+    "llama": lambda **kw: LlamaConfig(**{**LLAMA_LIKE, **kw}),
+    "mistral": lambda **kw: MistralConfig(**{**LLAMA_LIKE, "sliding_window": 4096, **kw}),
+    "qwen2": lambda **kw: Qwen2Config(**{**LLAMA_LIKE, **kw}),
+    "qwen3": lambda **kw: Qwen3Config(**{**LLAMA_LIKE, "head_dim": 8, **kw}),
+    "phi3": lambda **kw: Phi3Config(**{**LLAMA_LIKE, **kw}),
+    "gemma": lambda **kw: GemmaConfig(**{**LLAMA_LIKE, "head_dim": 8, **kw}),
+    "olmo2": lambda **kw: Olmo2Config(**{**LLAMA_LIKE, **kw}),
+    "gpt2": lambda **kw: GPT2Config(**{"n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 512, **COMMON, **kw}),
+    "gpt_neox": lambda **kw: GPTNeoXConfig(
+        **{"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+           "max_position_embeddings": 512, **COMMON, **kw}
     ),
 }
 ARCHITECTURES = tuple(CONFIGS)
@@ -53,10 +53,7 @@ RESIDUAL_OUTPUTS = ("o_proj", "down_proj", "c_proj", "dense", "dense_4h_to_h")
 
 
 def tiny_config(arch: str, **overrides):
-    config = CONFIGS[arch]()
-    for key, value in overrides.items():
-        setattr(config, key, value)
-    return config
+    return CONFIGS[arch](**overrides)
 
 
 def tiny_model(
@@ -64,8 +61,8 @@ def tiny_model(
     seed: int = 0,
     num_mask_tokens: int = 3,
     drafty: bool = False,
-    residual_scale: float = 0.3,
-    favourite_strength: float = 3.0,
+    residual_scale: float = 0.5,
+    favourite_strength: float = 1.0,
     dtype=torch.float32,
     attn_implementation: str = "sdpa",
     **config_overrides,

