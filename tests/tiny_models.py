@@ -114,3 +114,15 @@ def left_padded(lengths: list[int], seed: int, pad_token_id: int = 0) -> tuple[t
         ids[row, : width - length] = pad_token_id
         mask[row, : width - length] = 0
     return ids, mask
+
+
+def tiny_tokenizer():
+    """A real fast tokenizer over the tiny vocabulary: words w1..w47, '<pad>' is id 0."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, **{f"w{i}": i for i in range(1, VOCAB)}}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="w1"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", padding_side="left")
+    return tokenizer
