@@ -1,0 +1,81 @@
+"""`transformers-space` command line: a thin registry of subcommands over the library.
+
+Each subcommand module exposes `add_parser(subparsers)` and a `run(args)` function; this file only wires
+them up, so adding a command never touches the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+
+logger = logging.getLogger("transformers_space")
+
+Command = tuple[Callable[[argparse._SubParsersAction], argparse.ArgumentParser], Callable[[argparse.Namespace], int]]
+
+
+def _generate_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("generate", help="Generate with SPACE and plain decoding, side by side.")
+    parser.add_argument("--model", required=True, help="Folder or repo of a SPACE model (or any supported model).")
+    parser.add_argument("--prompt", action="append", required=True, help="Prompt text; repeat for a batch.")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--num-mask-tokens", type=int, default=4, help="Used only if the model has no SPACE config.")
+    parser.add_argument("--chat", action="store_true", help="Wrap each prompt with the tokenizer's chat template.")
+    parser.add_argument("--no-compare", action="store_true", help="Skip the plain-decoding run.")
+    return parser
+
+
+def _generate_run(args: argparse.Namespace) -> int:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .modeling import add_space_support
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model, padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
+    space_config = getattr(model.config, "space_config", None) or {}
+    model = add_space_support(model, tokenizer, space_config.get("num_mask_tokens", args.num_mask_tokens))
+    prompts = args.prompt
+    if args.chat:
+        prompts = [
+            tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+            for p in prompts
+        ]
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    inputs = tokenizer(prompts, return_tensors="pt", padding=True)
+    common = dict(max_new_tokens=args.max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    space = model.generate(**inputs, use_space=True, return_dict_in_generate=True, **common)
+    start = inputs["input_ids"].shape[1]
+    for row, counts in enumerate(space.tokens_per_pass):
+        text = tokenizer.decode(space.sequences[row, start:], skip_special_tokens=True)
+        mean = sum(counts) / max(len(counts), 1)
+        print(f"[{row}] {text}\n    {sum(counts)} tokens in {len(counts)} passes: {mean:.2f} tokens per pass")
+    if not args.no_compare:
+        plain = model.generate(**inputs, use_space=False, **common)
+        print("identical to plain greedy decoding:", bool(torch.equal(plain, space.sequences)))
+    return 0
+
+
+COMMANDS: dict[str, Command] = {"generate": (_generate_parser, _generate_run)}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="transformers-space", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="Log at INFO level.")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for name, (make_parser, run) in COMMANDS.items():
+        make_parser(subparsers).set_defaults(run=run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
