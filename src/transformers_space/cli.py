@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="transformers-space", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="Log at INFO level.")
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for name, (make_parser, run) in COMMANDS.items():
+    for make_parser, run in COMMANDS.values():
         make_parser(subparsers).set_defaults(run=run)
     return parser
 
