@@ -26,13 +26,17 @@ class VerificationLog:
 
 @pytest.fixture
 def verification_log(monkeypatch):
+    """Records every pass of greedy and sampling verification (the real functions still do the work)."""
     log = VerificationLog()
-    real = decoding.greedy_verify
 
-    def spy(verify_logits, candidates, score_fn, active):
-        accepted, next_token = real(verify_logits, candidates, score_fn, active)
-        log.record(accepted, active)
-        return accepted, next_token
+    def spying(real):
+        def spy(verify_logits, candidates, *args):
+            accepted, next_token, scores = real(verify_logits, candidates, *args)
+            log.record(accepted, args[-1])
+            return accepted, next_token, scores
 
-    monkeypatch.setattr(decoding, "greedy_verify", spy)
+        return spy
+
+    monkeypatch.setattr(decoding, "greedy_verify", spying(decoding.greedy_verify))
+    monkeypatch.setattr(decoding, "sampling_verify", spying(decoding.sampling_verify))
     return log

@@ -155,8 +155,7 @@ def model():
         (dict(num_beams=3), "beam search"),
         (dict(prompt_lookup_num_tokens=3), "prompt_lookup_num_tokens"),
         (dict(assistant_early_exit=1), "assistant_early_exit"),
-        (dict(do_sample=True), "sampling"),
-        (dict(output_scores=True), "output_scores"),
+        (dict(output_attentions=True), "output_attentions"),
         (dict(output_hidden_states=True), "output_hidden_states"),
     ],
 )

@@ -1,9 +1,9 @@
 """The SPACE auto-correct decoding loop, run by transformers' `generate` as a `custom_generate` function.
 
 transformers prepares the inputs, the generation config, logits processors, stopping criteria and the
-streamer; this loop then alternates: lay out one pass -> forward -> verify the previous candidates ->
-emit tokens -> crop the cache -> take the next candidates from the mask group that saw exactly the
-accepted text.
+streamer; this loop then alternates: lay out one pass -> forward -> verify the previous candidates
+(greedy, or distribution-preserving sampling) -> emit tokens -> crop the cache -> draft the next
+candidates from the mask group that saw exactly the accepted text.
 
 Rows of a batch accept different numbers of tokens. Every row keeps its own logical positions and the
 cache keeps a hole (an invisible entry) where a row rejected a candidate that another row accepted, so
@@ -17,12 +17,13 @@ Imports only torch, transformers and sibling modules (it ships as remote code).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
+from .candidates import SpaceCandidateGenerator
 from .compat import cache_argument_name, crop_cache, new_cache, user_cache_from_kwargs
 from .layout import (
     INVALID,
@@ -33,7 +34,9 @@ from .layout import (
     prompt_positions,
     restrict_to_window,
 )
-from .verify import greedy_verify
+from .verify import greedy_verify, sampling_verify
+
+CACHE_FIELD = "cache" if "cache" in {f.name for f in fields(GenerateDecoderOnlyOutput)} else "past_key_values"
 
 
 @dataclass
@@ -68,72 +71,151 @@ def space_decoding(
     space_streamer=None,
     **model_kwargs,
 ):
-    """Greedy SPACE decoding; output equals greedy `generate` token for token.
+    """SPACE decoding: greedy output equals greedy `generate`; sampled output has sampling's distribution.
 
     transformers hands a callable `custom_generate` none of generate's own `streamer` (5.17-5.24 pass it
     only the callable's extra parameters), so the streamer travels as `space_streamer`, and this loop
     streams the prompt itself, as plain decoding does.
     """
+    mask_token_id, num_masks = space_settings(model)
+    _refuse_unsupported(model, input_ids, generation_config, synced_gpus, mask_token_id)
     if space_streamer is not None:
         streamer = space_streamer
         streamer.put(input_ids.cpu())
-    mask_token_id, num_masks = space_settings(model)
-    _refuse_unsupported(model, input_ids, generation_config, synced_gpus, mask_token_id, model_kwargs)
-    batch = input_ids.shape[0]
-    device = input_ids.device
-    attention_mask = model_kwargs.get("attention_mask")
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
-    pad_token_id = generation_config._pad_token_tensor
-    filler = int(pad_token_id) if pad_token_id is not None else 0
-    has_eos_criteria = any(hasattr(criteria, "eos_token_id") for criteria in stopping_criteria)
-    eos_ids = generation_config._eos_token_tensor
-    eos_ids = eos_ids.reshape(-1).to(device) if eos_ids is not None and has_eos_criteria else None
-
-    cache = new_cache()
-    cache_positions = torch.empty(batch, 0, dtype=torch.long, device=device)
-    fresh_ids, fresh_positions = input_ids, prompt_positions(attention_mask)
-    candidates = torch.empty(batch, 0, dtype=torch.long, device=device)
-    rows = RowBuffers(batch)
-    unfinished = torch.ones(batch, dtype=torch.long, device=device)
-    scorer = VerificationScorer(logits_processor, mask_token_id)
-
+    state = DecodingState.start(model, input_ids, model_kwargs, generation_config, logits_processor)
+    drafter = SpaceCandidateGenerator(mask_token_id, num_masks, logits_processor, bool(generation_config.do_sample))
+    head = model.get_output_embeddings()
+    position_limit = getattr(model.config, "n_positions", None)
     while True:
         layout = build_pass_layout(
-            fresh_ids, fresh_positions, candidates, cache_positions, mask_token_id, num_masks,
-            group_after=range(candidates.shape[1] + 1), position_limit=getattr(model.config, "n_positions", None),
+            state.fresh_ids, state.fresh_positions, state.candidates, state.cache_positions, mask_token_id,
+            num_masks, group_after=range(state.candidates.shape[1] + 1), position_limit=position_limit,
         )
-        hidden = forward_block(model, layout, cache, cache_positions)
+        hidden = forward_block(model, layout, state.cache, state.cache_positions)
         active = layout.block_positions[:, layout.num_fresh - 1] >= 0
-        scorer.start_pass(rows.verified(input_ids, filler), candidates)
-        head = model.get_output_embeddings()
+        scorer = VerificationScorer(logits_processor, mask_token_id, state.rows.verified(state.sequences), state)
         verify_logits = head(hidden[:, layout.verify_rows]).float()
-        accepted, next_token = greedy_verify(verify_logits, candidates, scorer, active)
-        next_candidates = draft_greedy(head, hidden, layout, accepted, mask_token_id)
-
-        kept = int(accepted[active].max()) if active.any() else 0
-        crop_cache(cache, cache_positions.shape[1] + layout.num_fresh + kept)
-        cache_positions = cache_positions_after_pass(cache_positions, layout, accepted, kept)
-        rows.emit(candidates, accepted, next_token, active)
-
-        input_ids, unfinished, new_columns = rows.commit(
-            input_ids, unfinished, stopping_criteria, has_eos_criteria, pad_token_id
-        )
+        if generation_config.do_sample:
+            accepted, next_token, scores = sampling_verify(
+                verify_logits, state.candidates, state.candidate_probs, scorer, active
+            )
+        else:
+            accepted, next_token, scores = greedy_verify(verify_logits, state.candidates, scorer, active)
+        drafter.update_candidate_strategy(state.sequences, None, accepted[active])
+        state.rows.emit(state.candidates, accepted, next_token, active, scores, verify_logits)
+        new_columns = state.commit(stopping_criteria)
         if streamer is not None and new_columns is not None:
             streamer.put(new_columns.cpu())
-        if not unfinished.any():
+        if not state.unfinished.any():
             break
-        advancing = rows.needs_more(unfinished, has_eos_criteria, input_ids.shape[1], generation_config, eos_ids)
-        last_position = layout.block_positions[:, layout.num_fresh - 1]
-        fresh_ids = torch.where(advancing, next_token, filler)[:, None]
-        fresh_positions = torch.where(advancing, last_position + accepted + 1, INVALID)[:, None]
-        candidates = torch.where(advancing[:, None], next_candidates, filler)
-
+        drafter.set_draft_logits(group_logits(head, hidden, layout, accepted))
+        drafts, draft_scores = drafter.get_candidates(state.rows.verified(state.sequences)[0])
+        state.advance(layout, accepted, next_token, drafts[:, -num_masks:], draft_scores, generation_config)
     if streamer is not None:
         streamer.end()
-    if generation_config.return_dict_in_generate:
-        return SpaceGenerateOutput(sequences=input_ids, tokens_per_pass=rows.emitted_per_pass())
-    return input_ids
+    return state.output(generation_config)
+
+
+class DecodingState:
+    """What survives from one pass to the next, for the whole batch."""
+
+    def __init__(self, sequences, cache, cache_positions, fresh_ids, fresh_positions, config, collect):
+        batch, device = sequences.shape[0], sequences.device
+        self.sequences = sequences  # committed tokens, exactly plain decoding's input_ids so far
+        self.cache, self.cache_positions = cache, cache_positions
+        self.fresh_ids, self.fresh_positions = fresh_ids, fresh_positions
+        self.candidates = torch.empty(batch, 0, dtype=torch.long, device=device)
+        self.candidate_probs: torch.Tensor | None = None
+        self.unfinished = torch.ones(batch, dtype=torch.long, device=device)
+        pad = config._pad_token_tensor
+        self.pad_token_id = int(pad) if pad is not None else None
+        self.filler = self.pad_token_id if self.pad_token_id is not None else 0
+        self.rows = RowBuffers(batch, self.filler, collect)
+        self.collect = collect  # (scores?, logits?) to return
+        self.scores: tuple[torch.Tensor, ...] | None = () if collect[0] else None
+        self.logits: tuple[torch.Tensor, ...] | None = () if collect[1] else None
+
+    @classmethod
+    def start(cls, model, input_ids, model_kwargs, generation_config, logits_processor) -> DecodingState:
+        """Fresh start from the prompt, or (batch size 1) continuation of a cache this loop returned earlier."""
+        attention_mask = model_kwargs.get("attention_mask")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        positions = prompt_positions(attention_mask[:, -input_ids.shape[1] :])
+        cache = user_cache_from_kwargs(model_kwargs)
+        cached = 0 if cache is None else cache.get_seq_length()
+        if cached and not getattr(cache, "_space_owned", False):
+            raise ValueError("SPACE decoding cannot continue from a prefilled cache; pass the full prompt instead.")
+        if cached and input_ids.shape[0] != 1:
+            raise ValueError("SPACE decoding continues a cache only for batch size 1 (as assisted generation).")
+        if cached:
+            cached = min(cached, input_ids.shape[1] - 1)
+            crop_cache(cache, cached)
+        else:
+            cache = new_cache()
+            cache._space_owned = True
+        collect = (bool(generation_config.output_scores), bool(generation_config.output_logits))
+        if not generation_config.return_dict_in_generate:
+            collect = (False, False)
+        return cls(
+            input_ids, cache, positions[:, :cached], input_ids[:, cached:], positions[:, cached:],
+            generation_config, collect,
+        )
+
+    def commit(self, stopping_criteria) -> torch.Tensor | None:
+        """Append whole columns while every row that needs a token has one; returns the new columns."""
+        start = self.sequences.shape[1]
+        has_eos_criteria = any(hasattr(criteria, "eos_token_id") for criteria in stopping_criteria)
+        while self.unfinished.any():
+            needing = [row for row in range(len(self.unfinished)) if self.unfinished[row] or not has_eos_criteria]
+            column = self.rows.pop_column(needing, self.sequences, self.pad_token_id)
+            if column is None:
+                break
+            tokens, scores, logits = column
+            self.sequences = torch.cat([self.sequences, tokens[:, None]], dim=1)
+            if self.scores is not None:
+                self.scores += (scores,)
+            if self.logits is not None:
+                self.logits += (logits,)
+            self.unfinished = self.unfinished & ~stopping_criteria(self.sequences, self.scores)
+            if has_eos_criteria:
+                self.rows.drop_pending(self.unfinished)
+        self.has_eos_criteria = has_eos_criteria
+        return self.sequences[:, start:] if self.sequences.shape[1] > start else None
+
+    def advance(self, layout, accepted, next_token, candidates, candidate_scores, generation_config) -> None:
+        """Set up the next pass: emitted token and drafts for advancing rows; idle rows feed filler."""
+        self.cache_positions = self._crop(layout, accepted)
+        advancing = self.rows.needs_more(
+            self.unfinished, self.has_eos_criteria, self.sequences.shape[1], generation_config
+        )
+        last_position = layout.block_positions[:, layout.num_fresh - 1]
+        self.fresh_ids = torch.where(advancing, next_token, self.filler)[:, None]
+        self.fresh_positions = torch.where(advancing, last_position + accepted + 1, INVALID)[:, None]
+        self.candidates = torch.where(advancing[:, None], candidates, self.filler)
+        self.candidate_probs = candidate_scores.softmax(-1) if generation_config.do_sample else None
+
+    def _crop(self, layout: PassLayout, accepted: torch.Tensor) -> torch.Tensor:
+        """Drop masks and candidates no row accepted; rows that accepted fewer keep holes."""
+        active = layout.block_positions[:, layout.num_fresh - 1] >= 0
+        kept = int(accepted[active].max()) if active.any() else 0
+        crop_cache(self.cache, self.cache_positions.shape[1] + layout.num_fresh + kept)
+        return cache_positions_after_pass(self.cache_positions, layout, accepted, kept)
+
+    def output(self, generation_config):
+        if not generation_config.return_dict_in_generate:
+            return self.sequences
+        cache = None
+        if generation_config.is_assistant:  # assisted generation reuses the assistant's cache
+            crop_cache(self.cache, min(self.cache.get_seq_length(), self.sequences.shape[1] - 1))
+            cache = self.cache
+        return SpaceGenerateOutput(
+            sequences=self.sequences,
+            scores=self.scores,
+            logits=self.logits,
+            tokens_per_pass=self.rows.emitted_per_pass(),
+            **{CACHE_FIELD: cache},
+        )
 
 
 def forward_block(model, layout: PassLayout, cache, cache_positions: torch.Tensor) -> torch.Tensor:
@@ -173,16 +255,14 @@ def attention_masks(config, layout: PassLayout, cache_positions: torch.Tensor, d
     return masked(True)
 
 
-def draft_greedy(head, hidden, layout: PassLayout, accepted: torch.Tensor, mask_token_id: int) -> torch.Tensor:
-    """Next candidates: argmaxes of the mask group that followed exactly the accepted candidates.
+def group_logits(head, hidden: torch.Tensor, layout: PassLayout, accepted: torch.Tensor) -> torch.Tensor:
+    """Logits [batch, num_masks, vocab] of the mask group that followed exactly the accepted candidates.
 
-    Only that group's rows go through the LM head. The mask token itself is never drafted.
+    Only that group's rows go through the LM head.
     """
     rows = layout.group_rows[accepted]  # [batch, num_masks]
     group_hidden = hidden.gather(1, rows[..., None].expand(-1, -1, hidden.shape[-1]))
-    logits = head(group_hidden).float()
-    logits[..., mask_token_id] = float("-inf")
-    return logits.argmax(-1)
+    return head(group_hidden).float()
 
 
 class VerificationScorer:
@@ -193,109 +273,118 @@ class VerificationScorer:
     row's scores are taken from the call whose length matches its own prefix.
     """
 
-    def __init__(self, logits_processor: LogitsProcessorList, mask_token_id: int):
+    def __init__(self, logits_processor, mask_token_id: int, verified, state: DecodingState):
+        sequences, self.lengths = verified
+        candidates = state.candidates
         self.logits_processor = logits_processor
         self.mask_token_id = mask_token_id
-
-    def start_pass(self, verified: tuple[torch.Tensor, torch.Tensor], candidates: torch.Tensor) -> None:
-        """Remember each row's verified tokens followed by its candidates: the prefixes to score."""
-        sequences, self.lengths = verified
         self.contexts = torch.cat([sequences, candidates], dim=1)
         for row, length in enumerate(self.lengths.tolist()):
             self.contexts[row, length : length + candidates.shape[1]] = candidates[row]
 
     def __call__(self, depth: int, logits: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
-        scores = logits
+        scores = logits.clone()
         if len(self.logits_processor):
-            scores = logits.clone()
             prefix_lengths = self.lengths + depth
             for length in torch.unique(prefix_lengths[active]).tolist():
                 chosen = active & (prefix_lengths == length)
                 processed = self.logits_processor(self.contexts[:, :length], logits.clone())
                 scores[chosen] = processed[chosen]
-        scores = scores.clone() if scores is logits else scores
         scores[:, self.mask_token_id] = float("-inf")
         return scores
 
 
 class RowBuffers:
-    """Per-row tokens that are verified but not yet committed, and the per-pass token counts."""
+    """Per row: tokens verified but not yet committed (with their scores), and per-pass token counts."""
 
-    def __init__(self, batch: int):
-        self.pending: list[list[tuple[int, int]]] = [[] for _ in range(batch)]  # (token, pass index)
+    def __init__(self, batch: int, filler: int, collect: tuple[bool, bool]):
+        # each pending entry: (token, pass index, processed scores or None, raw logits or None)
+        self.pending: list[list[tuple]] = [[] for _ in range(batch)]
         self.tokens_per_pass: list[list[int]] = [[] for _ in range(batch)]
         self.passes = 0
+        self.filler = filler
+        self.collect = collect
 
-    def verified(self, input_ids: torch.Tensor, filler: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def verified(self, sequences: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Committed + pending tokens per row, right-padded: ([batch, width], lengths [batch])."""
         longest = max(len(p) for p in self.pending)
-        extra = torch.full((input_ids.shape[0], longest), filler, dtype=input_ids.dtype, device=input_ids.device)
+        extra = torch.full((sequences.shape[0], longest), self.filler, dtype=sequences.dtype, device=sequences.device)
         for row, pending in enumerate(self.pending):
             if pending:
-                extra[row, : len(pending)] = torch.tensor([t for t, _ in pending], dtype=input_ids.dtype)
-        lengths = torch.tensor([input_ids.shape[1] + len(p) for p in self.pending], device=input_ids.device)
-        return torch.cat([input_ids, extra], dim=1), lengths
+                extra[row, : len(pending)] = torch.tensor([entry[0] for entry in pending], dtype=sequences.dtype)
+        lengths = torch.tensor([sequences.shape[1] + len(p) for p in self.pending], device=sequences.device)
+        return torch.cat([sequences, extra], dim=1), lengths
 
-    def emit(self, candidates, accepted, next_token, active) -> None:
+    def emit(self, candidates, accepted, next_token, active, scores, verify_logits) -> None:
+        want_scores, want_logits = self.collect
         for row in torch.nonzero(active).flatten().tolist():
-            tokens = candidates[row, : int(accepted[row])].tolist() + [int(next_token[row])]
-            self.pending[row].extend((token, self.passes) for token in tokens)
+            count = int(accepted[row])
+            tokens = candidates[row, :count].tolist() + [int(next_token[row])]
+            for depth, token in enumerate(tokens):
+                entry_scores = scores[depth][row] if want_scores else None
+                entry_logits = verify_logits[row, depth] if want_logits else None
+                self.pending[row].append((token, self.passes, entry_scores, entry_logits))
         for counts in self.tokens_per_pass:
             counts.append(0)
         self.passes += 1
 
-    def commit(self, input_ids, unfinished, stopping_criteria, has_eos_criteria, pad_token_id):
-        """Append whole columns while every row that needs a token has one; returns the new columns."""
-        start = input_ids.shape[1]
-        while unfinished.any():
-            needing = [row for row in range(len(self.pending)) if unfinished[row] or not has_eos_criteria]
-            if any(not self.pending[row] for row in needing):
-                break
-            column = torch.full_like(input_ids[:, 0], 0 if pad_token_id is None else int(pad_token_id))
-            for row in needing:
-                token, pass_index = self.pending[row].pop(0)
-                column[row] = token
-                self.tokens_per_pass[row][pass_index] += 1
-            input_ids = torch.cat([input_ids, column[:, None]], dim=1)
-            unfinished = unfinished & ~stopping_criteria(input_ids, None)
-            for row in torch.nonzero(unfinished == 0).flatten().tolist():
-                if has_eos_criteria:
-                    self.pending[row].clear()
-        new_columns = input_ids[:, start:] if input_ids.shape[1] > start else None
-        return input_ids, unfinished, new_columns
+    def pop_column(self, needing: list[int], sequences: torch.Tensor, pad_token_id: int | None):
+        """The next column (tokens, scores, logits) if every needing row has a token ready, else None."""
+        if any(not self.pending[row] for row in needing):
+            return None
+        batch = sequences.shape[0]
+        tokens = torch.full((batch,), self.filler if pad_token_id is None else pad_token_id, dtype=sequences.dtype)
+        entries = {}
+        for row in needing:
+            entries[row] = self.pending[row].pop(0)
+            tokens[row] = entries[row][0]
+            self.tokens_per_pass[row][entries[row][1]] += 1
+        return tokens.to(sequences.device), self._stack(entries, 2, batch), self._stack(entries, 3, batch)
+
+    @staticmethod
+    def _stack(entries: dict, slot: int, batch: int) -> torch.Tensor | None:
+        """[batch, vocab] rows of one column; rows without an entry (finished, padded) are 0."""
+        present = [entry[slot] for entry in entries.values() if entry[slot] is not None]
+        if not present:
+            return None
+        stacked = present[0].new_zeros(batch, present[0].shape[-1])
+        for row, entry in entries.items():
+            stacked[row] = entry[slot]
+        return stacked
+
+    def drop_pending(self, unfinished: torch.Tensor) -> None:
+        for row in torch.nonzero(unfinished == 0).flatten().tolist():
+            self.pending[row].clear()
 
     def emitted_per_pass(self) -> list[list[int]]:
         """Per row, the tokens each pass it took part in contributed to the output (never 0)."""
         return [[count for count in counts if count] for counts in self.tokens_per_pass]
 
-    def needs_more(self, unfinished, has_eos_criteria, committed_length, generation_config, eos_ids):
+    def needs_more(self, unfinished, has_eos_criteria, committed_length, generation_config) -> torch.Tensor:
         """Rows that should advance in the next pass (the others idle: finished, or far enough ahead)."""
+        eos = generation_config._eos_token_tensor
+        eos_ids = set(eos.reshape(-1).tolist()) if eos is not None and has_eos_criteria else set()
         advancing = []
         for row, pending in enumerate(self.pending):
             done = has_eos_criteria and not unfinished[row]
             long_enough = committed_length + len(pending) >= generation_config.max_length
-            ends_pending = eos_ids is not None and any(token in eos_ids for token, _ in pending)
+            ends_pending = any(entry[0] in eos_ids for entry in pending)
             advancing.append(not (done or long_enough or ends_pending))
         return torch.tensor(advancing, device=unfinished.device)
 
 
-def _refuse_unsupported(model, input_ids, generation_config, synced_gpus, mask_token_id, model_kwargs) -> None:
+def _refuse_unsupported(model, input_ids, generation_config, synced_gpus, mask_token_id) -> None:
     """Checks repeated here (not only in the mixin) for users calling this via `custom_generate`."""
     if (generation_config.num_beams or 1) > 1:
         raise ValueError(
             f"SPACE decoding cannot be combined with beam search (num_beams={generation_config.num_beams}). "
             "Use num_beams=1, or use_space=False for beam search."
         )
-    if generation_config.do_sample:
-        raise ValueError("SPACE decoding does not support sampling yet; pass do_sample=False or use_space=False.")
     if synced_gpus:
         raise ValueError("SPACE decoding does not support synced_gpus (ZeRO-3/FSDP generation); use use_space=False.")
-    for flag in ("output_attentions", "output_hidden_states", "output_scores", "output_logits"):
+    for flag in ("output_attentions", "output_hidden_states"):
         if getattr(generation_config, flag, False):
             raise ValueError(f"SPACE decoding cannot return `{flag}`; drop it or use use_space=False.")
-    cache = user_cache_from_kwargs(model_kwargs)
-    if cache is not None and cache.get_seq_length() > 0:
-        raise ValueError("SPACE decoding cannot continue from a prefilled cache; pass the full prompt instead.")
     if (input_ids == mask_token_id).any():
         raise ValueError(
             f"The prompt contains the SPACE mask token (id {mask_token_id}), which is reserved for drafting. "

@@ -36,7 +36,7 @@ class SpaceGenerationMixin:
         """`generate` with one more switch, `use_space` (default: `generation_config.use_space`, else False)."""
         mask_token_id, _ = space_settings(self)
         if use_space is None:
-            use_space = getattr(generation_config or self.generation_config, "use_space", False)
+            use_space = default_use_space(self, generation_config)
         if not use_space:
             processors = LogitsProcessorList(logits_processor or [])
             processors.append(SuppressMaskTokenLogitsProcessor(mask_token_id))
@@ -50,6 +50,17 @@ class SpaceGenerationMixin:
             space_streamer=kwargs.pop("streamer", None),
             **kwargs,
         )
+
+
+def default_use_space(model, generation_config: GenerationConfig | None) -> bool:
+    """`use_space` from the generation config; as an assistant, from the assistant model's own config.
+
+    Assisted generation calls the assistant's `generate` with a copy of the TARGET's config, which knows
+    nothing of SPACE; the assistant drafts with SPACE when its own `generation_config.use_space` is True.
+    """
+    if generation_config is not None and getattr(generation_config, "is_assistant", False):
+        return bool(getattr(model.generation_config, "use_space", False))
+    return bool(getattr(generation_config or model.generation_config, "use_space", False))
 
 
 def check_space_request(model, inputs, generation_config, kwargs: dict, mask_token_id: int) -> None:

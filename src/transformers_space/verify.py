@@ -2,7 +2,11 @@
 
 Small functions over logits, testable without a model. `score_fn(depth, logits, active)` turns the raw
 logits at verification depth `depth` into the scores plain decoding would have used at that position
-(logits processors applied to exactly the prefix plain decoding would have had).
+(logits processors applied to exactly the prefix plain decoding would have had). Depths are visited in
+order and only for rows that accepted every earlier candidate, since only then is that prefix real.
+
+Both rules return (accepted [batch], next_token [batch], scores): `scores[i]` holds the processed scores
+at depth i for the rows that reached it (other rows: whatever the tensor held), for `output_scores`.
 """
 
 from __future__ import annotations
@@ -16,28 +20,80 @@ ScoreFn = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
 
 def greedy_verify(
     verify_logits: torch.Tensor, candidates: torch.Tensor, score_fn: ScoreFn, active: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Greedy acceptance, depth by depth.
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """Greedy acceptance: a candidate stands if it equals the model's argmax at its position.
 
     verify_logits: [batch, n + 1, vocab], row i predicts the token after c_i (row 0: after the last
-    fresh token). candidates: [batch, n]. active: [batch] bool, rows taking part.
-    Returns accepted [batch] (leading candidates equal to the model's argmax) and next_token [batch]
-    (the argmax at the first rejected position, or after the last candidate: the bonus token).
-    Scores at depth i are computed only for rows that accepted c_1..c_i, since only then is the prefix
-    they depend on the real one.
+    fresh token). candidates: [batch, n]. active: [batch] bool, rows taking part. next_token is the argmax
+    at the first rejected position, or after the last candidate (the bonus token).
     """
-    batch, depths, _ = verify_logits.shape
-    accepted = torch.zeros(batch, dtype=torch.long, device=verify_logits.device)
-    next_token = torch.zeros(batch, dtype=torch.long, device=verify_logits.device)
-    still = active.clone()
-    for depth in range(depths):
+    accepted, next_token, still = _start(verify_logits, active)
+    scores = []
+    for depth in range(verify_logits.shape[1]):
         if not still.any():
             break
-        predicted = score_fn(depth, verify_logits[:, depth], still).argmax(-1)
+        scores.append(score_fn(depth, verify_logits[:, depth], still))
+        predicted = scores[-1].argmax(-1)
         has_candidate = depth < candidates.shape[1]
         match = still & (candidates[:, depth] == predicted) if has_candidate else torch.zeros_like(still)
-        stopped = still & ~match
-        next_token = torch.where(stopped, predicted, next_token)
+        next_token = torch.where(still & ~match, predicted, next_token)
         accepted += match.long()
         still = match
-    return accepted, next_token
+    return accepted, next_token, scores
+
+
+def sampling_verify(
+    verify_logits: torch.Tensor,
+    candidates: torch.Tensor,
+    candidate_probs: torch.Tensor,
+    score_fn: ScoreFn,
+    active: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """Speculative sampling, batched: the output is distributed exactly as plain sampling's.
+
+    candidate_probs: [batch, n, vocab], the distribution q each candidate was drawn from. Candidate c is
+    kept with probability min(1, p(c)/q(c)), p being the processed target distribution; the first
+    rejection is replaced by a draw from normalise(max(0, p - q)); after full acceptance the bonus token
+    is drawn from p. (transformers' `_speculative_sampling` is the same rule for batch size 1 with every p
+    computed up front; here p is computed depth by depth, only for rows still accepting.)
+    """
+    accepted, next_token, still = _start(verify_logits, active)
+    scores = []
+    for depth in range(verify_logits.shape[1]):
+        if not still.any():
+            break
+        scores.append(score_fn(depth, verify_logits[:, depth], still))
+        p = scores[-1].softmax(-1)
+        if depth < candidates.shape[1]:
+            candidate = candidates[:, depth : depth + 1]
+            q = candidate_probs[:, depth]
+            ratio = p.gather(1, candidate).squeeze(1) / q.gather(1, candidate).squeeze(1).clamp_min(1e-30)
+            match = still & (torch.rand_like(ratio) <= ratio)
+            replacement = residual_distribution(p, q)
+        else:
+            match = torch.zeros_like(still)
+            replacement = p
+        drawing = still & ~match
+        if drawing.any():
+            next_token[drawing] = torch.multinomial(replacement[drawing], 1).squeeze(1)
+        accepted += match.long()
+        still = match
+    return accepted, next_token, scores
+
+
+def residual_distribution(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """normalise(max(0, p - q)): where to draw from after rejecting a candidate drawn from q.
+
+    If p and q agree to rounding the residual vanishes; the rejection then had probability ~0 and p itself
+    is the right fallback.
+    """
+    residual = (p - q).clamp_min(0)
+    total = residual.sum(-1, keepdim=True)
+    return torch.where(total > 1e-12, residual / total.clamp_min(1e-30), p)
+
+
+def _start(verify_logits: torch.Tensor, active: torch.Tensor):
+    batch = verify_logits.shape[0]
+    accepted = torch.zeros(batch, dtype=torch.long, device=verify_logits.device)
+    next_token = torch.zeros(batch, dtype=torch.long, device=verify_logits.device)
+    return accepted, next_token, active.clone()
