@@ -1,43 +1,111 @@
 """`SpaceConfig`: the SPACE settings of a model, stored as `model.config.space_config` (a plain dict).
 
 Stored as a dict inside the model's own config so that `save_pretrained` / `from_pretrained` carry it
-with no extra file, and remote code can read it without this package.
+with no extra file, and remote code can read it without this package. Decoding reads only
+`mask_token_id` and `num_mask_tokens`; the other fields record how the model was (or is to be) trained
+by `SpaceTrainer` (SPACE.md section 2), and `mode="gated"` also tells `from_pretrained` to rebuild the
+gated adapters before the weights load.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MASK_TOKEN = "<|space_mask|>"
-SPACE_CONFIG_VERSION = 1
+SPACE_CONFIG_VERSION = 2
+
+MODES = ("full", "lora", "gated")
+SAMPLE_FORMS = ("one_pass", "truncate")
+
+# Fields that shape the weights (a model trained with other values is a different model).
+STRUCTURAL_FIELDS = ("num_mask_tokens", "mask_token", "mode", "adapter_rank", "adapter_alpha", "adapter_target_modules")
 
 
 @dataclass
 class SpaceConfig:
-    """What a model needs to draft with mask tokens."""
+    """What a model needs to draft with mask tokens, and how `SpaceTrainer` trains it."""
 
     num_mask_tokens: int = field(
         default=4, metadata={"help": "Mask tokens per group: how many tokens one pass drafts (paper: k=5)."}
     )
     mask_token: str = field(default=DEFAULT_MASK_TOKEN, metadata={"help": "Text of the added mask token."})
     mask_token_id: int | None = field(
-        default=None, metadata={"help": "Id of the mask token; set by `add_space_support`."}
+        default=None, metadata={"help": "Id of the mask token; set by `add_space_support` (leave unset)."}
     )
-    version: int = field(default=SPACE_CONFIG_VERSION, metadata={"help": "Format version of this config."})
+    mode: str = field(
+        default="full",
+        metadata={
+            "help": "How SAR-SFT trains: 'full' (every weight, as the paper), 'lora' (peft LoRA, mergeable), "
+            "'gated' (frozen base plus an adapter active only at mask positions: lossless against the base).",
+            "choices": list(MODES),
+        },
+    )
+    sar_probability: float = field(
+        default=0.5,
+        metadata={
+            "help": "Probability that a training sample carries SAR mask blocks; the others train plain AR "
+            "(paper: 0.5). Ignored in 'gated' mode, where every sample carries blocks (only masks carry loss)."
+        },
+    )
+    sample_form: str = field(
+        default="one_pass",
+        metadata={
+            "help": "How SAR samples are built: 'one_pass' keeps the whole sequence and appends "
+            "`blocks_per_sequence` mask blocks behind a 4D mask; 'truncate' cuts the sequence at the block "
+            "start and appends one block.",
+            "choices": list(SAMPLE_FORMS),
+        },
+    )
+    blocks_per_sequence: int = field(
+        default=4, metadata={"help": "Mask blocks per SAR sample in the 'one_pass' form ('truncate' uses one)."}
+    )
+    mask_loss_weight: float = field(
+        default=1.0, metadata={"help": "Weight of the mask-token (SAR) loss next to the ordinary next-token loss."}
+    )
+    adapter_rank: int = field(default=16, metadata={"help": "Rank of the 'lora' / 'gated' adapters."})
+    adapter_alpha: float = field(
+        default=32.0, metadata={"help": "Scaling numerator of the adapters (delta scaled by alpha / rank)."}
+    )
+    adapter_dropout: float = field(default=0.0, metadata={"help": "Dropout on the adapters' input while training."})
+    adapter_target_modules: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Names (last path component) of the linear layers that get adapters; default: the "
+            "architecture's attention and MLP projections."
+        },
+    )
+    version: int = field(default=SPACE_CONFIG_VERSION, init=False, metadata={"help": "Format version."})
 
     def __post_init__(self) -> None:
-        if isinstance(self.num_mask_tokens, bool) or not isinstance(self.num_mask_tokens, int):
-            raise TypeError(f"`num_mask_tokens` should be an int, got {self.num_mask_tokens!r}.")
-        if self.num_mask_tokens < 1:
-            raise ValueError(f"`num_mask_tokens` should be at least 1, got {self.num_mask_tokens}.")
-        if self.mask_token_id is not None and self.mask_token_id < 0:
-            raise ValueError(f"`mask_token_id` should be a non-negative token id, got {self.mask_token_id}.")
+        _check_int(self, "num_mask_tokens", minimum=1)
+        if self.mask_token_id is not None:
+            _check_int(self, "mask_token_id", minimum=0)
         if not isinstance(self.mask_token, str) or not self.mask_token:
             raise ValueError(f"`mask_token` should be a non-empty string, got {self.mask_token!r}.")
+        _check_choice(self, "mode", MODES)
+        _check_choice(self, "sample_form", SAMPLE_FORMS)
+        _check_float(self, "sar_probability", 0.0, 1.0)
+        _check_int(self, "blocks_per_sequence", minimum=1)
+        _check_float(self, "mask_loss_weight", 0.0, math.inf)
+        _check_int(self, "adapter_rank", minimum=1)
+        _check_float(self, "adapter_alpha", 0.0, math.inf, include_low=False)
+        _check_float(self, "adapter_dropout", 0.0, 1.0, include_high=False)
+        if self.adapter_target_modules is not None:
+            targets = self.adapter_target_modules
+            if isinstance(targets, str) or not all(isinstance(t, str) and t for t in targets) or not targets:
+                raise ValueError(
+                    f"`adapter_target_modules` should be a non-empty list of module names or None, got {targets!r}."
+                )
+            self.adapter_target_modules = list(targets)
+        if self.mode == "gated" and self.mask_loss_weight == 0:
+            raise ValueError("`mask_loss_weight` should be positive in 'gated' mode (only masks carry loss), got 0.")
+        if self.mode != "gated" and self.sar_probability == 0:
+            logger.warning("sar_probability=0: every sample trains plain AR, the mask tokens learn nothing.")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -45,8 +113,41 @@ class SpaceConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> SpaceConfig:
         """Build from a saved dict; keys written by a newer version are dropped with a warning."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
+        settable = {f.name for f in fields(cls) if f.init}
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
         if unknown:
             logger.warning("Ignoring unknown SPACE config keys %s (saved by a newer transformers-space?)", unknown)
-        return cls(**{k: v for k, v in values.items() if k in known})
+        return cls(**{k: v for k, v in values.items() if k in settable})
+
+    def differences(self, other: SpaceConfig, names: tuple[str, ...] | None = None) -> dict[str, tuple[Any, Any]]:
+        """{field: (self's value, other's value)} for the fields (default: all but id and version) that differ."""
+        names = names or tuple(f.name for f in fields(self) if f.name not in ("mask_token_id", "version"))
+        return {n: (getattr(self, n), getattr(other, n)) for n in names if getattr(self, n) != getattr(other, n)}
+
+
+def _check_int(config: SpaceConfig, name: str, minimum: int) -> None:
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"`{name}` should be an int, got {value!r}.")
+    if value < minimum:
+        raise ValueError(f"`{name}` should be at least {minimum}, got {value}.")
+
+
+def _check_float(
+    config: SpaceConfig, name: str, low: float, high: float, include_low: bool = True, include_high: bool = True
+) -> None:
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"`{name}` should be a number, got {value!r}.")
+    above = value >= low if include_low else value > low
+    below = value <= high if include_high else value < high
+    if not math.isfinite(value) or not (above and below):
+        interval = f"{'[' if include_low else '('}{low}, {high}{']' if include_high else ')'}"
+        raise ValueError(f"`{name}` should lie in {interval}, got {value}.")
+    setattr(config, name, float(value))
+
+
+def _check_choice(config: SpaceConfig, name: str, choices: tuple[str, ...]) -> None:
+    value = getattr(config, name)
+    if value not in choices:
+        raise ValueError(f"`{name}` should be one of {', '.join(map(repr, choices))}; got {value!r}.")
