@@ -12,7 +12,7 @@ from tiny_models import random_prompts, tiny_model
 from transformers import AutoModelForCausalLM, StoppingCriteriaList
 
 import transformers_space.verify as verify
-from transformers_space import SpaceCandidateGenerator, SpaceGenerationMixin
+from transformers_space import SpaceCandidateGenerator
 from transformers_space.verify import residual_distribution, sampling_verify
 
 SAMPLES = 4000

@@ -45,10 +45,7 @@ class SpaceCandidateGenerator(CandidateGenerator):
             if len(self.logits_processor):
                 scores = self.logits_processor(sequence, scores)
             scores[:, self.mask_token_id] = float("-inf")
-            if self.do_sample:
-                token = torch.multinomial(scores.softmax(-1), 1)
-            else:
-                token = scores.argmax(-1, keepdim=True)
+            token = torch.multinomial(scores.softmax(-1), 1) if self.do_sample else scores.argmax(-1, keepdim=True)
             sequence = torch.cat([sequence, token.to(sequence.dtype)], dim=1)
             drafted_scores.append(scores)
         self.draft_logits = None
