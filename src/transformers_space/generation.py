@@ -15,6 +15,7 @@ import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from .decoding import space_decoding, space_settings
+from .gated import install_gated_adapters
 
 
 class SuppressMaskTokenLogitsProcessor(LogitsProcessor):
@@ -32,24 +33,45 @@ class SuppressMaskTokenLogitsProcessor(LogitsProcessor):
 class SpaceGenerationMixin:
     """Put first in the bases of a causal LM class: `class SpaceLlama(SpaceGenerationMixin, LlamaForCausalLM)`."""
 
+    def __init__(self, config, *args, **kwargs):
+        """The model's own `__init__`, then the gated adapters when `config.space_config` asks for them.
+
+        `from_pretrained` builds the model through here before loading the weights, so a saved gated model
+        gets its adapter weights back.
+        """
+        super().__init__(config, *args, **kwargs)
+        space_config = getattr(config, "space_config", None)
+        if space_config and space_config.get("mode") == "gated":
+            install_gated_adapters(self, space_config)
+
     def generate(self, inputs=None, generation_config=None, logits_processor=None, use_space=None, **kwargs):
         """`generate` with one more switch, `use_space` (default: `generation_config.use_space`, else False)."""
-        mask_token_id, _ = space_settings(self)
-        if use_space is None:
-            use_space = default_use_space(self, generation_config)
-        if not use_space:
-            processors = LogitsProcessorList(logits_processor or [])
-            processors.append(SuppressMaskTokenLogitsProcessor(mask_token_id))
-            return super().generate(inputs, generation_config, logits_processor=processors, **kwargs)
-        check_space_request(self, inputs, generation_config, kwargs, mask_token_id)
-        return super().generate(
-            inputs,
-            generation_config,
-            logits_processor=logits_processor,
-            custom_generate=space_decoding,
-            space_streamer=kwargs.pop("streamer", None),
-            **kwargs,
-        )
+        return space_generate(self, super().generate, inputs, generation_config, logits_processor, use_space, **kwargs)
+
+
+def space_generate(model, base_generate, inputs=None, generation_config=None, logits_processor=None,
+                   use_space=None, **kwargs):
+    """The body of the mixin's `generate`, for any model and any underlying `generate`.
+
+    A plain function (not only a method) so that a Hub `custom_generate/generate.py`, which replaces
+    `model.generate` on a remote-code model, can run exactly the same logic.
+    """
+    mask_token_id, _ = space_settings(model)
+    if use_space is None:
+        use_space = default_use_space(model, generation_config)
+    if not use_space:
+        processors = LogitsProcessorList(logits_processor or [])
+        processors.append(SuppressMaskTokenLogitsProcessor(mask_token_id))
+        return base_generate(inputs, generation_config, logits_processor=processors, **kwargs)
+    check_space_request(model, inputs, generation_config, kwargs, mask_token_id)
+    return base_generate(
+        inputs,
+        generation_config,
+        logits_processor=logits_processor,
+        custom_generate=space_decoding,
+        space_streamer=kwargs.pop("streamer", None),
+        **kwargs,
+    )
 
 
 def default_use_space(model, generation_config: GenerationConfig | None) -> bool:

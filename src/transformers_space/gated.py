@@ -1,0 +1,251 @@
+"""Gated adapters: a LoRA delta that acts only at SPACE mask positions, so the base model stays exact.
+
+"Your LLM Knows the Future" (arXiv 2507.11851) trains a LoRA that is switched on only for mask tokens.
+Every ordinary token then runs the frozen base weights, the verification logits of SPACE decoding are the
+ORIGINAL model's, and SPACE output is lossless against the original model, not a fine-tuned copy.
+
+What is installed (`install_gated_adapters`):
+
+- on each target linear layer (attention and MLP projections by default), a child `space_adapter`
+  (`lora_A`, `lora_B`, zero-initialised B) and a forward hook that adds `B(A(x)) * alpha / rank` to the
+  layer's output at mask rows only. The delta is computed on the mask rows alone and written into them
+  with `index_put`; every other row of the output is the base layer's own output, bit for bit. No
+  `0 * delta` is ever added anywhere.
+- on the input embedding, a child `space_mask` holding a learned mask-token embedding (initialised from
+  the embedding row of the mask token) and a forward hook that records where the mask token is in
+  `input_ids` and puts the learned embedding there. The embedding matrix itself (tied to the LM head in
+  many models) is untouched, so no logit of any ordinary position changes.
+- on the decoder body, a forward pre-hook that forgets the previous forward's mask positions, so a
+  forward fed `inputs_embeds` (the embedding is not called) runs the plain base model.
+
+Which positions are masks, and why comparing token ids is exact here: the mask token id never appears in
+a model's `input_ids` except at mask positions. SPACE decoding refuses prompts that contain it and never
+generates or drafts it (it is suppressed in plain decoding too), and `SpaceTrainer` refuses training rows
+that contain it. So `input_ids == mask_token_id`, recorded once per forward into one small object shared
+by every adapter of the model (`MaskPositions`), marks exactly the mask positions. Code that feeds the
+mask token itself to a gated model gets the adapter at those positions, by construction.
+
+The adapter weights are ordinary parameters (`...q_proj.space_adapter.lora_A.weight`,
+`...embed_tokens.space_mask.weight`), so `save_pretrained` writes them into the same safetensors as the
+base weights, under names that leave every base key unchanged: loading a gated checkpoint with the plain
+model class gives the original model back (the adapter keys are reported unused). The SPACE model class
+rebuilds the adapters in `__init__` when `config.space_config["mode"] == "gated"`, so `from_pretrained`
+loads them too. Gradient checkpointing is fine: recomputation runs inside the same training step, while
+the recorded positions are still those of the forward being recomputed.
+
+Imports only torch, transformers and sibling modules (it ships as remote code).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+# Attention and MLP projections of the supported architectures (names are the last path component).
+LLAMA_LIKE_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+DEFAULT_TARGET_MODULES = {
+    "gemma": LLAMA_LIKE_TARGETS,
+    "llama": LLAMA_LIKE_TARGETS,
+    "mistral": LLAMA_LIKE_TARGETS,
+    "olmo2": LLAMA_LIKE_TARGETS,
+    "qwen2": LLAMA_LIKE_TARGETS,
+    "qwen3": LLAMA_LIKE_TARGETS,
+    "phi3": ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),
+    "gpt2": ("c_attn", "c_proj", "c_fc"),
+    "gpt_neox": ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"),
+}
+
+
+def default_target_modules(model) -> list[str]:
+    """The architecture's attention and MLP projections; for others, every linear layer of the body."""
+    model_type = getattr(model.config, "model_type", None)
+    if model_type in DEFAULT_TARGET_MODULES:
+        return list(DEFAULT_TARGET_MODULES[model_type])
+    body = model.base_model
+    return sorted({name.split(".")[-1] for name, module in body.named_modules() if _is_linear(module)})
+
+
+class MaskPositions:
+    """Where the mask token sits in the current forward's `input_ids`; shared by all adapters of a model."""
+
+    def __init__(self, mask_token_id: int):
+        self.mask_token_id = mask_token_id
+        self.where: tuple[torch.Tensor, torch.Tensor] | None = None  # (batch indices, sequence indices)
+        self.shape: torch.Size | None = None  # [batch, sequence] of the recorded input_ids
+        self.hook_handles: list = []
+
+    def record(self, input_ids: torch.Tensor) -> None:
+        is_mask = input_ids == self.mask_token_id  # [batch, sequence]
+        self.where = torch.nonzero(is_mask, as_tuple=True) if bool(is_mask.any()) else None
+        self.shape = input_ids.shape
+
+    def clear(self) -> None:
+        self.where = None
+        self.shape = None
+
+
+class GatedLoraAdapter(nn.Module):
+    """The low-rank delta of one linear layer: `lora_B(lora_A(dropout(x))) * alpha / rank`."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, alpha: float, dropout: float,
+                 positions: MaskPositions, dtype=None, device=None):
+        super().__init__()
+        self.lora_A = nn.Linear(in_features, rank, bias=False, dtype=dtype, device=device)
+        self.lora_B = nn.Linear(rank, out_features, bias=False, dtype=dtype, device=device)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.scaling = alpha / rank
+        self.positions = positions
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B.weight)
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:  # rows: [num_masks, in_features]
+        return self.lora_B(self.lora_A(self.dropout(rows.to(self.lora_A.weight.dtype)))) * self.scaling
+
+
+class GatedMaskEmbedding(nn.Module):
+    """The learned input embedding of the mask token, used in place of the embedding matrix's row."""
+
+    def __init__(self, initial: torch.Tensor, positions: MaskPositions, settings: dict):
+        super().__init__()
+        self.weight = nn.Parameter(initial.detach().clone())
+        self.positions = positions
+        self.settings = settings  # the adapter settings it was installed with (for idempotence checks)
+
+
+def _add_gated_delta(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+    """Forward hook of a target layer: output + delta at the mask rows, the untouched output elsewhere."""
+    adapter = module.space_adapter
+    where = adapter.positions.where
+    if where is None:
+        return output
+    hidden = args[0]  # [batch, sequence, in_features]
+    if hidden.shape[:-1] != adapter.positions.shape:
+        raise RuntimeError(
+            f"Gated SPACE adapter: layer input of shape {tuple(hidden.shape)} does not match the input_ids "
+            f"shape {tuple(adapter.positions.shape)} recorded for this forward."
+        )
+    delta = adapter(hidden[where]).to(output.dtype)  # [num_masks, out_features]
+    return output.index_put(where, delta, accumulate=True)
+
+
+def _use_mask_embedding(module: nn.Module, args: tuple, kwargs: dict, output: torch.Tensor) -> torch.Tensor:
+    """Forward hook of the input embedding: record the mask positions, put the learned mask embedding there."""
+    gate = module.space_mask
+    input_ids = args[0] if args else kwargs["input"]
+    gate.positions.record(input_ids)
+    where = gate.positions.where
+    if where is None:
+        return output
+    rows = gate.weight.to(output.dtype).expand(where[0].shape[0], -1)
+    return output.index_put(where, rows)
+
+
+def _forget_mask_positions(module: nn.Module, args: tuple) -> None:
+    """Forward pre-hook of the body: a new forward starts with no mask positions until the embedding runs."""
+    module.get_input_embeddings().space_mask.positions.clear()
+
+
+def gated_settings(space_config: dict, model) -> dict:
+    """The adapter settings that shape the weights, with the default target modules filled in."""
+    return {
+        "mask_token_id": int(space_config["mask_token_id"]),
+        "rank": int(space_config.get("adapter_rank", 16)),
+        "alpha": float(space_config.get("adapter_alpha", 32.0)),
+        "dropout": float(space_config.get("adapter_dropout", 0.0)),
+        "target_modules": list(space_config.get("adapter_target_modules") or default_target_modules(model)),
+    }
+
+
+def has_gated_adapters(model) -> bool:
+    return hasattr(model.get_input_embeddings(), "space_mask")
+
+
+def install_gated_adapters(model, space_config: dict):
+    """Install the gated adapters described by a `space_config` dict; freeze everything else. Idempotent.
+
+    Returns the model. Calling it again with the same settings changes nothing; other settings are refused.
+    """
+    if space_config.get("mask_token_id") is None:
+        raise ValueError("Gated adapters need `space_config['mask_token_id']`; call `add_space_support` first.")
+    settings = gated_settings(space_config, model)
+    embedding = model.get_input_embeddings()
+    if has_gated_adapters(model):
+        installed = embedding.space_mask.settings
+        if {k: v for k, v in installed.items() if k != "dropout"} != {
+            k: v for k, v in settings.items() if k != "dropout"
+        }:
+            raise ValueError(
+                f"This model already carries gated SPACE adapters with settings {installed}, not {settings}. "
+                "Remove them first with `remove_gated_adapters(model)`."
+            )
+        return model
+
+    targets = _target_layers(model, settings["target_modules"])
+    positions = MaskPositions(settings["mask_token_id"])
+    model.requires_grad_(False)
+    for layer in targets:
+        weight = layer.weight
+        in_features, out_features = (weight.shape[0], weight.shape[1]) if isinstance(layer, Conv1D) else (
+            weight.shape[1], weight.shape[0])
+        layer.space_adapter = GatedLoraAdapter(
+            in_features, out_features, settings["rank"], settings["alpha"], settings["dropout"], positions,
+            dtype=weight.dtype, device=weight.device,
+        )
+        positions.hook_handles.append(layer.register_forward_hook(_add_gated_delta))
+    embedding.space_mask = GatedMaskEmbedding(embedding.weight[settings["mask_token_id"]], positions, settings)
+    positions.hook_handles.append(embedding.register_forward_hook(_use_mask_embedding, with_kwargs=True))
+    positions.hook_handles.append(model.base_model.register_forward_pre_hook(_forget_mask_positions))
+    for parameter in gated_parameters(model):
+        parameter.requires_grad_(True)
+    return model
+
+
+def gated_parameters(model) -> list[nn.Parameter]:
+    """The trainable parameters of the gated adapters (empty when none are installed)."""
+    return [
+        parameter
+        for module in model.modules()
+        if isinstance(module, (GatedLoraAdapter, GatedMaskEmbedding))
+        for parameter in module.parameters()
+    ]
+
+
+def remove_gated_adapters(model):
+    """Take the gated adapters off and return the plain model (SPACE support and base weights unchanged).
+
+    `config.space_config["mode"]` becomes "full", so saving and reloading does not rebuild adapters. The
+    base weights stay frozen as they were; call `model.requires_grad_(True)` to train them.
+    """
+    if not has_gated_adapters(model):
+        return model
+    embedding = model.get_input_embeddings()
+    for handle in embedding.space_mask.positions.hook_handles:
+        handle.remove()
+    for module in list(model.modules()):
+        if isinstance(getattr(module, "space_adapter", None), GatedLoraAdapter):
+            del module.space_adapter
+    del embedding.space_mask
+    space_config = getattr(model.config, "space_config", None)
+    if space_config and space_config.get("mode") == "gated":
+        model.config.space_config = {**space_config, "mode": "full"}
+    return model
+
+
+def _is_linear(module: nn.Module) -> bool:
+    return isinstance(module, (nn.Linear, Conv1D))
+
+
+def _target_layers(model, target_modules: list[str]) -> list[nn.Module]:
+    body = model.base_model
+    layers = [module for name, module in body.named_modules() if _is_linear(module) and
+              name.split(".")[-1] in target_modules]
+    if not layers:
+        available = sorted({name.split(".")[-1] for name, module in body.named_modules() if _is_linear(module)})
+        raise ValueError(
+            f"`adapter_target_modules`={target_modules} matches no linear layer of {type(model).__name__}; "
+            f"its linear layers are named {available}."
+        )
+    return layers
