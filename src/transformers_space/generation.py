@@ -16,6 +16,7 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from .decoding import space_decoding, space_settings
 from .gated import install_gated_adapters
+from .remote_code import write_custom_generate, write_model_card
 
 
 class SuppressMaskTokenLogitsProcessor(LogitsProcessor):
@@ -47,6 +48,21 @@ class SpaceGenerationMixin:
     def generate(self, inputs=None, generation_config=None, logits_processor=None, use_space=None, **kwargs):
         """`generate` with one more switch, `use_space` (default: `generation_config.use_space`, else False)."""
         return space_generate(self, super().generate, inputs, generation_config, logits_processor, use_space, **kwargs)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """transformers' save (weights, config with `auto_map`, the remote code), plus what makes the folder a
+        Hub repo: `use_space` on in the saved generation config, `custom_generate/`, a model card."""
+        config = self.generation_config
+        previous = (getattr(config, "use_space", None), config._from_model_config)
+        # a config marked as derived from the model config drops extra attributes such as `use_space` on load
+        config.use_space, config._from_model_config = True, False
+        try:
+            super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            config.use_space, config._from_model_config = previous
+        if kwargs.get("is_main_process", True):
+            write_custom_generate(save_directory)
+            write_model_card(self.config, save_directory)
 
 
 def space_generate(model, base_generate, inputs=None, generation_config=None, logits_processor=None,

@@ -9,33 +9,18 @@ from __future__ import annotations
 import logging
 
 import torch
-from transformers import PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from .compat import check_transformers_version
 from .configuration import SpaceConfig
-from .generation import SpaceGenerationMixin
+from .gated import has_gated_adapters, install_gated_adapters
+from .modeling_space import space_class_for
 
 logger = logging.getLogger(__name__)
 
 # Architectures whose causal-LM forward is exactly `lm_head(base_model(...))` (so SPACE may run the body
 # and the head separately) and that the test suite proves lossless.
 SUPPORTED_MODEL_TYPES = ("gemma", "gpt2", "gpt_neox", "llama", "mistral", "olmo2", "phi3", "qwen2", "qwen3")
-
-_SPACE_CLASSES: dict[type, type] = {}
-
-
-def space_class_for(model_class: type) -> type:
-    """The `Space<Name>` subclass of a model class (made once, then reused)."""
-    if issubclass(model_class, SpaceGenerationMixin):
-        return model_class
-    if model_class not in _SPACE_CLASSES:
-        _SPACE_CLASSES[model_class] = type(
-            f"Space{model_class.__name__}",
-            (SpaceGenerationMixin, model_class),
-            {"__module__": model_class.__module__, "__doc__": f"{model_class.__name__} with SPACE decoding."},
-        )
-    return _SPACE_CLASSES[model_class]
-
 
 def check_architecture(model: PreTrainedModel) -> None:
     config = model.config
@@ -53,24 +38,63 @@ def add_space_support(model: PreTrainedModel, tokenizer=None, num_mask_tokens: i
 
     With a tokenizer the mask token is added to it (as a special token); without one it becomes a new id
     right after the current vocabulary. The new embedding row is the mean of the existing ones, so the
-    mask reads like an ordinary token before any training. Calling it again with the same settings is a
-    no-op apart from the class swap.
+    mask reads like an ordinary token before any training. `options` are further `SpaceConfig` fields;
+    `mode="gated"` installs the gated adapters (see `gated.py`). Calling it again with the same settings
+    is a no-op apart from the class swap; fields not passed again keep their saved values.
     """
     check_transformers_version()
     if not isinstance(model, PreTrainedModel):
         raise TypeError(f"`model` should be a transformers PreTrainedModel, got {type(model).__name__}.")
     check_architecture(model)
-    space_config = SpaceConfig(num_mask_tokens=num_mask_tokens, **options)
     existing = getattr(model.config, "space_config", None)
     if existing:
+        saved = {k: v for k, v in existing.items() if k not in ("mask_token_id", "version")}
+        space_config = SpaceConfig.from_dict({**saved, **options, "num_mask_tokens": num_mask_tokens})
         space_config.mask_token_id = _reuse_mask_token(existing, space_config, tokenizer)
+        _check_mode_change(model, existing, space_config)
     else:
+        space_config = SpaceConfig(num_mask_tokens=num_mask_tokens, **options)
         space_config.mask_token_id = _add_mask_token(model, tokenizer, space_config.mask_token)
     model.config.space_config = space_config.to_dict()
     model.__class__ = space_class_for(type(model))
+    if space_config.mode == "gated":
+        install_gated_adapters(model, model.config.space_config)
     if not hasattr(model.generation_config, "use_space"):
         model.generation_config.use_space = False
     return model
+
+
+def load_space_model(path, *args, **kwargs):
+    """`from_pretrained` through the SPACE class of the saved architecture, so gated adapters load too.
+
+    `AutoModelForCausalLM.from_pretrained` without remote code builds the plain class, which drops the
+    adapter weights of a gated model (it reports them unused); this builds `Space<Class>` instead.
+    Arguments are `from_pretrained`'s.
+    """
+    config = kwargs.pop("config", None) or AutoConfig.from_pretrained(path, **_config_kwargs(kwargs))
+    model_class = AutoModelForCausalLM._model_mapping[type(config)]
+    return space_class_for(model_class).from_pretrained(path, *args, config=config, **kwargs)
+
+
+def _config_kwargs(kwargs: dict) -> dict:
+    names = ("revision", "trust_remote_code", "cache_dir", "local_files_only", "token", "subfolder")
+    return {name: kwargs[name] for name in names if name in kwargs}
+
+
+def _check_mode_change(model: PreTrainedModel, existing: dict, requested: SpaceConfig) -> None:
+    """Refuse mode changes that would silently lose or mix trained weights."""
+    installed = has_gated_adapters(model)
+    if existing.get("mode") == "gated" and not installed:
+        raise ValueError(
+            "This model's SPACE settings say it was trained in 'gated' mode, but it carries no gated adapters: "
+            "the plain model class dropped them when loading. Load it with "
+            "`transformers_space.load_space_model(path)` (or the SPACE class's `from_pretrained`)."
+        )
+    if installed and requested.mode != "gated":
+        raise ValueError(
+            f"This model carries gated SPACE adapters; mode={requested.mode!r} would train or save it without "
+            "them. Keep mode='gated', or take them off first with `transformers_space.remove_gated_adapters(model)`."
+        )
 
 
 def _add_mask_token(model: PreTrainedModel, tokenizer, mask_token: str) -> int:

@@ -1,0 +1,158 @@
+"""Saved SPACE models are Hub repos: they load and decode with remote code where this package is absent.
+
+The remote side runs in a separate interpreter started with `-S` and only torch's and transformers'
+site-packages on its path: the editable install of transformers_space (a .pth file) is invisible there,
+and the script asserts that it cannot import it.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+from tiny_models import random_prompts, tiny_model
+
+from transformers_space import add_space_support
+from transformers_space.hub import AutoSpaceModelForCausalLM, export, push_to_hub
+
+REMOTE_SCRIPT = r"""
+import json, sys
+try:
+    import transformers_space
+except ImportError:
+    pass
+else:
+    raise SystemExit("transformers_space must not be importable here")
+import torch
+from transformers import AutoModelForCausalLM, GenerationMixin
+
+folder, prompt, seed = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
+prompt = torch.tensor(prompt)
+model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+common = dict(max_new_tokens=24, return_dict_in_generate=True)
+greedy = model.generate(input_ids=prompt, do_sample=False, use_space=True, **common)
+torch.manual_seed(seed)
+sampled = model.generate(input_ids=prompt, do_sample=True, use_space=True, **common)
+# the same decoding through transformers' custom_generate mechanism, called explicitly
+via_custom = GenerationMixin.generate(
+    model, input_ids=prompt, do_sample=False, custom_generate=folder, trust_remote_code=True, **common
+)
+plain = model.generate(input_ids=prompt, do_sample=False, use_space=False, max_new_tokens=24)
+print(json.dumps({
+    "class": type(model).__name__,
+    "greedy": greedy.sequences.tolist(), "greedy_passes": greedy.tokens_per_pass,
+    "sampled": sampled.sequences.tolist(), "sampled_passes": sampled.tokens_per_pass,
+    "custom": via_custom.sequences.tolist(), "custom_passes": via_custom.tokens_per_pass,
+    "plain": plain.tolist(),
+}))
+"""
+
+
+def isolated_python(script: str, *args: str, cwd: Path) -> dict:
+    paths = sorted({str(Path(module.__file__).parents[1]) for module in (torch, transformers)})
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "HF_"))}
+    env.update(PYTHONPATH=os.pathsep.join(paths), HF_HOME=str(cwd / "hf_home"), HF_HUB_OFFLINE="1")
+    result = subprocess.run(
+        [sys.executable, "-S", "-c", script, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def randomise_gated_adapters(model, seed: int) -> None:
+    """Untrained gated adapters add nothing (B = 0); give them weights so the test means something."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "space_" in name:
+                param.copy_(0.3 * torch.randn(param.shape, generator=generator))
+
+
+def space_models():
+    plain = tiny_model("llama", seed=1, num_mask_tokens=3, drafty=True)
+    gated = tiny_model("qwen2", seed=2, num_mask_tokens=2, drafty=True)
+    add_space_support(gated, num_mask_tokens=2, mode="gated")
+    randomise_gated_adapters(gated, 2)
+    gpt2 = tiny_model("gpt2", seed=3, num_mask_tokens=4, drafty=True)
+    return {"plain-llama": plain, "gated-qwen2": gated, "gpt2": gpt2}
+
+
+@pytest.mark.parametrize("kind", ["plain-llama", "gated-qwen2", "gpt2"])
+def test_remote_code_load_without_the_package_matches(kind, tmp_path):
+    model = space_models()[kind]
+    folder = tmp_path / "repo"
+    model.save_pretrained(folder)
+    prompt = random_prompts(2, 6, 0)
+    common = dict(max_new_tokens=24, return_dict_in_generate=True)
+    greedy = model.generate(input_ids=prompt, do_sample=False, use_space=True, **common)
+    torch.manual_seed(7)
+    sampled = model.generate(input_ids=prompt, do_sample=True, use_space=True, **common)
+
+    remote = isolated_python(REMOTE_SCRIPT, str(folder), json.dumps(prompt.tolist()), "7", cwd=tmp_path)
+    assert remote["class"] == type(model).__name__
+    assert remote["greedy"] == greedy.sequences.tolist() == remote["custom"] == remote["plain"]
+    assert remote["greedy_passes"] == greedy.tokens_per_pass == remote["custom_passes"]
+    assert remote["sampled"] == sampled.sequences.tolist()
+    assert remote["sampled_passes"] == sampled.tokens_per_pass
+
+
+def test_saved_folder_is_a_hub_repo(tmp_path):
+    model = space_models()["gated-qwen2"]
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["auto_map"] == {"AutoModelForCausalLM": "modeling_space.SpaceQwen2ForCausalLM"}
+    assert config["space_config"]["mode"] == "gated"
+    assert json.loads((tmp_path / "generation_config.json").read_text())["use_space"] is True
+    assert model.generation_config.use_space is False  # saving does not change the model in memory
+    assert (tmp_path / "model.safetensors").exists() and (tmp_path / "custom_generate" / "generate.py").exists()
+    card = (tmp_path / "README.md").read_text()
+    assert "trust_remote_code=True" in card and "`mode` | `\"gated\"`" in card
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "model.safetensors", "pt") as weights:
+        keys = list(weights.keys())  # noqa: SIM118 (safe_open is not iterable)
+    assert any("space_adapter" in key for key in keys)
+    for path in tmp_path.rglob("*.py"):
+        source = path.read_text()
+        imports = [line.split()[1] for line in source.splitlines() if line.startswith(("import ", "from "))]
+        assert not any(name.startswith("transformers_space") for name in imports), f"{path} imports the package"
+        allowed = {"torch", "transformers", *sys.stdlib_module_names}
+        assert all(name.startswith(".") or name.split(".")[0] in allowed for name in imports), (path, imports)
+
+
+def test_package_classes_load_the_folder(tmp_path):
+    model = space_models()["gated-qwen2"]
+    model.save_pretrained(tmp_path)
+    loaded = AutoSpaceModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert type(loaded) is type(model)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, loaded.state_dict()[name]), name
+    prompt = random_prompts(1, 5, 3)
+    kwargs = dict(max_new_tokens=20, do_sample=False, use_space=True)
+    assert torch.equal(model.generate(prompt, **kwargs), loaded.generate(prompt, **kwargs))
+
+
+def test_export_and_push_fail_fast_offline(tmp_path, monkeypatch):
+    model = space_models()["plain-llama"]
+    model.save_pretrained(tmp_path / "trained")
+    out = export(tmp_path / "trained", tmp_path / "export", repo_id="someone/space-tiny")
+    assert "someone/space-tiny" in (out / "README.md").read_text()
+    assert (out / "custom_generate" / "generate.py").exists()
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
+    with pytest.raises(ConnectionError, match="huggingface-cli upload someone/space-tiny"):
+        push_to_hub(out, "someone/space-tiny")
+
+
+def test_export_refuses_non_space_models(tmp_path):
+    from tiny_models import tiny_config
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_config(tiny_config("llama")).save_pretrained(tmp_path / "plain")
+    with pytest.raises(ValueError, match="not a SPACE model"):
+        export(tmp_path / "plain", tmp_path / "out")
+    with pytest.raises(ValueError, match="holds no model"):
+        export(tmp_path / "nothing", tmp_path / "out")
