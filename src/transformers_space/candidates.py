@@ -37,7 +37,8 @@ class SpaceCandidateGenerator(CandidateGenerator):
 
     def get_candidates(self, input_ids: torch.LongTensor, **kwargs) -> tuple[torch.LongTensor, torch.Tensor | None]:
         """Append the drafts to `input_ids`; also return the processed draft scores [batch, k, vocab]."""
-        if self.draft_logits is None:
+        if self.draft_logits is None or self.draft_logits.shape[1] == 0:
+            self.draft_logits = None
             return input_ids, None
         sequence, drafted_scores = input_ids, []
         for position in range(self.draft_logits.shape[1]):

@@ -31,9 +31,11 @@ from .layout import (
     additive_mask,
     build_pass_layout,
     cache_positions_after_pass,
+    draft_rows,
     prompt_positions,
     restrict_to_window,
 )
+from .planning import SpaceLayoutPlan
 from .verify import greedy_verify, sampling_verify
 
 CACHE_FIELD = "cache" if "cache" in {f.name for f in fields(GenerateDecoderOnlyOutput)} else "past_key_values"
@@ -69,33 +71,38 @@ def space_decoding(
     synced_gpus: bool = False,
     streamer=None,
     space_streamer=None,
+    space_layout=None,
     **model_kwargs,
 ):
     """SPACE decoding: greedy output equals greedy `generate`; sampled output has sampling's distribution.
 
     transformers hands a callable `custom_generate` none of generate's own `streamer` (5.17-5.24 pass it
     only the callable's extra parameters), so the streamer travels as `space_streamer`, and this loop
-    streams the prompt itself, as plain decoding does.
+    streams the prompt itself, as plain decoding does. `space_layout` (a `SpaceLayoutPlan` or its dict)
+    picks the masks per group and which groups run; default: the trained number of masks, every group.
     """
-    mask_token_id, num_masks = space_settings(model)
+    mask_token_id, trained_masks = space_settings(model)
+    plan = resolve_plan(space_layout, trained_masks)
     _refuse_unsupported(model, input_ids, generation_config, synced_gpus, mask_token_id)
     if space_streamer is not None:
         streamer = space_streamer
         streamer.put(input_ids.cpu())
     state = DecodingState.start(model, input_ids, model_kwargs, generation_config, logits_processor)
-    drafter = SpaceCandidateGenerator(mask_token_id, num_masks, logits_processor, bool(generation_config.do_sample))
+    sampling = bool(generation_config.do_sample)
+    drafter = SpaceCandidateGenerator(mask_token_id, plan.num_masks, logits_processor, sampling)
     head = model.get_output_embeddings()
     position_limit = getattr(model.config, "n_positions", None)
     while True:
+        group_after = plan.groups_for(state.candidates.shape[1])
         layout = build_pass_layout(
             state.fresh_ids, state.fresh_positions, state.candidates, state.cache_positions, mask_token_id,
-            num_masks, group_after=range(state.candidates.shape[1] + 1), position_limit=position_limit,
+            plan.num_masks, group_after=group_after, position_limit=position_limit,
         )
         hidden = forward_block(model, layout, state.cache, state.cache_positions)
         active = layout.block_positions[:, layout.num_fresh - 1] >= 0
         scorer = VerificationScorer(logits_processor, mask_token_id, state.rows.verified(state.sequences), state)
         verify_logits = head(hidden[:, layout.verify_rows]).float()
-        if generation_config.do_sample:
+        if sampling:
             accepted, next_token, scores = sampling_verify(
                 verify_logits, state.candidates, state.candidate_probs, scorer, active
             )
@@ -108,9 +115,11 @@ def space_decoding(
             streamer.put(new_columns.cpu())
         if not state.unfinished.any():
             break
-        drafter.set_draft_logits(group_logits(head, hidden, layout, accepted))
+        rows = draft_rows(layout, group_after, accepted, active)
+        drafter.set_draft_logits(group_logits(head, hidden, rows))
         drafts, draft_scores = drafter.get_candidates(state.rows.verified(state.sequences)[0])
-        state.advance(layout, accepted, next_token, drafts[:, -num_masks:], draft_scores, generation_config)
+        candidates = drafts[:, drafts.shape[1] - rows.shape[1] :]
+        state.advance(layout, accepted, next_token, candidates, draft_scores, generation_config)
     if streamer is not None:
         streamer.end()
     return state.output(generation_config)
@@ -193,7 +202,8 @@ class DecodingState:
         self.fresh_ids = torch.where(advancing, next_token, self.filler)[:, None]
         self.fresh_positions = torch.where(advancing, last_position + accepted + 1, INVALID)[:, None]
         self.candidates = torch.where(advancing[:, None], candidates, self.filler)
-        self.candidate_probs = candidate_scores.softmax(-1) if generation_config.do_sample else None
+        sampling = generation_config.do_sample and candidate_scores is not None
+        self.candidate_probs = candidate_scores.softmax(-1) if sampling else None
 
     def _crop(self, layout: PassLayout, accepted: torch.Tensor) -> torch.Tensor:
         """Drop masks and candidates no row accepted; rows that accepted fewer keep holes."""
@@ -255,12 +265,20 @@ def attention_masks(config, layout: PassLayout, cache_positions: torch.Tensor, d
     return masked(True)
 
 
-def group_logits(head, hidden: torch.Tensor, layout: PassLayout, accepted: torch.Tensor) -> torch.Tensor:
-    """Logits [batch, num_masks, vocab] of the mask group that followed exactly the accepted candidates.
+def resolve_plan(space_layout, trained_masks: int) -> SpaceLayoutPlan:
+    if space_layout is None:
+        return SpaceLayoutPlan.full(trained_masks)
+    plan = space_layout if isinstance(space_layout, SpaceLayoutPlan) else SpaceLayoutPlan(**space_layout)
+    if plan.num_masks > trained_masks:
+        raise ValueError(
+            f"The layout uses {plan.num_masks} masks per group but the model was trained with {trained_masks}; "
+            f"use at most {trained_masks}."
+        )
+    return plan
 
-    Only that group's rows go through the LM head.
-    """
-    rows = layout.group_rows[accepted]  # [batch, num_masks]
+
+def group_logits(head, hidden: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Logits [batch, n, vocab] of the draft rows (see `draft_rows`): only they go through the LM head."""
     group_hidden = hidden.gather(1, rows[..., None].expand(-1, -1, hidden.shape[-1]))
     return head(group_hidden).float()
 

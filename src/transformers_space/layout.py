@@ -157,6 +157,22 @@ def additive_mask(visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return mask[:, None]
 
 
+def draft_rows(layout: PassLayout, group_after: Sequence[int], accepted: torch.Tensor, active: torch.Tensor):
+    """Block rows [batch, n] holding the next drafts.
+
+    A row that accepted a candidates takes the group run after the largest candidate count g <= a; its
+    mask j sits at position p + g + 1 + j and predicts the token after it, so masks a - g .. k - 1 draft
+    the tokens after the bonus token. n is the number of drafts every active row can supply (all rows
+    verify the same number of candidates next pass).
+    """
+    after = torch.as_tensor(list(group_after), device=accepted.device)
+    group = (after[None, :] <= accepted[:, None]).sum(1) - 1
+    offset = torch.where(active, accepted - after[group], 0)
+    count = layout.group_rows.shape[1] - int(offset.max()) if len(after) else 0
+    index = offset[:, None] + torch.arange(count, device=accepted.device)[None, :]
+    return layout.group_rows[group[:, None], index]
+
+
 def cache_positions_after_pass(
     cache_positions: torch.Tensor, layout: PassLayout, accepted: torch.Tensor, kept_candidates: int
 ) -> torch.Tensor:
