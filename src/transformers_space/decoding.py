@@ -46,6 +46,7 @@ class SpaceGenerateOutput(GenerateDecoderOnlyOutput):
     """`GenerateDecoderOnlyOutput` plus, per row, the number of tokens each forward pass emitted."""
 
     tokens_per_pass: list[list[int]] | None = None
+    space_layout: dict | None = None  # the layout that ran: masks per group and which groups
 
 
 def space_settings(model) -> tuple[int, int]:
@@ -122,7 +123,7 @@ def space_decoding(
         state.advance(layout, accepted, next_token, candidates, draft_scores, generation_config)
     if streamer is not None:
         streamer.end()
-    return state.output(generation_config)
+    return state.output(generation_config, plan)
 
 
 class DecodingState:
@@ -212,7 +213,7 @@ class DecodingState:
         crop_cache(self.cache, self.cache_positions.shape[1] + layout.num_fresh + kept)
         return cache_positions_after_pass(self.cache_positions, layout, accepted, kept)
 
-    def output(self, generation_config):
+    def output(self, generation_config, plan: SpaceLayoutPlan):
         if not generation_config.return_dict_in_generate:
             return self.sequences
         cache = None
@@ -224,6 +225,7 @@ class DecodingState:
             scores=self.scores,
             logits=self.logits,
             tokens_per_pass=self.rows.emitted_per_pass(),
+            space_layout=plan.to_dict(),
             **{CACHE_FIELD: cache},
         )
 

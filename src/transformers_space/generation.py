@@ -14,8 +14,10 @@ import copy
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
+from .autotune import auto_plan
 from .decoding import space_decoding, space_settings
 from .gated import install_gated_adapters
+from .planning import SpaceLayoutPlan
 from .remote_code import write_custom_generate, write_model_card
 
 
@@ -75,6 +77,7 @@ def space_generate(model, base_generate, inputs=None, generation_config=None, lo
     mask_token_id, _ = space_settings(model)
     if use_space is None:
         use_space = default_use_space(model, generation_config)
+    layout = space_layout_request(model, kwargs.pop("num_mask_tokens", None), kwargs.pop("space_layout", None))
     if not use_space:
         processors = LogitsProcessorList(logits_processor or [])
         processors.append(SuppressMaskTokenLogitsProcessor(mask_token_id))
@@ -86,8 +89,23 @@ def space_generate(model, base_generate, inputs=None, generation_config=None, lo
         logits_processor=logits_processor,
         custom_generate=space_decoding,
         space_streamer=kwargs.pop("streamer", None),
+        space_layout=layout,
         **kwargs,
     )
+
+
+def space_layout_request(model, num_mask_tokens, space_layout):
+    """The layout asked for: `num_mask_tokens` (an int up to the trained count, or "auto": chosen for this
+    machine, see `autotune.py`) or an explicit `space_layout` plan; None means every group, trained count."""
+    if num_mask_tokens is not None and space_layout is not None:
+        raise ValueError("Pass either `num_mask_tokens` or `space_layout`, not both.")
+    if num_mask_tokens == "auto":
+        return auto_plan(model)
+    if num_mask_tokens is not None:
+        if isinstance(num_mask_tokens, bool) or not isinstance(num_mask_tokens, int) or num_mask_tokens < 1:
+            raise ValueError(f'`num_mask_tokens` should be a positive int or "auto", got {num_mask_tokens!r}.')
+        return SpaceLayoutPlan.full(num_mask_tokens)
+    return space_layout
 
 
 def default_use_space(model, generation_config: GenerationConfig | None) -> bool:

@@ -120,8 +120,15 @@ def _mean(weights: list[float], values: list[float]) -> float:
 
 
 def _stationary(transitions: list[list[float]], iterations: int = 500) -> list[float]:
+    """Long-run share of passes in each state, starting where decoding starts (no drafts: the last state).
+
+    The time average (not the limit) is taken, so periodic chains are handled, and states the process
+    never reaches from its start get no weight.
+    """
     size = len(transitions)
-    distribution = [1.0 / size] * size
+    distribution = [0.0] * (size - 1) + [1.0]
+    total = [0.0] * size
     for _ in range(iterations):
         distribution = [sum(distribution[i] * transitions[i][j] for i in range(size)) for j in range(size)]
-    return distribution
+        total = [t + d for t, d in zip(total, distribution, strict=True)]
+    return [t / iterations for t in total]

@@ -19,8 +19,8 @@ from pathlib import Path
 HERE = Path(__file__).parent
 # The decoding core: what `custom_generate/generate.py` imports, directly or not.
 CORE_MODULES = (
-    "candidates.py", "compat.py", "decoding.py", "gated.py", "generation.py", "layout.py", "modeling_space.py",
-    "remote_code.py", "verify.py",
+    "autotune.py", "candidates.py", "compat.py", "decoding.py", "gated.py", "generation.py", "layout.py",
+    "modeling_space.py", "planning.py", "remote_code.py", "verify.py",
 )
 
 CUSTOM_GENERATE = '''"""SPACE decoding through transformers' `custom_generate` (written by transformers-space).

@@ -1,0 +1,110 @@
+"""`num_mask_tokens="auto"`: measure this machine, then pick the layout with the highest expected speed.
+
+Two measurements feed `planning.choose_plan`: the time of one forward pass against the number of tokens
+in it (measured once per model object, on the model itself, through the same 4D-mask path SPACE uses),
+and the model's acceptance rates per mask (`space_config["acceptance_rates"]`, written by
+`calibrate_acceptance` from SPACE runs on sample prompts).
+
+Imports only torch, transformers and sibling modules (it ships as remote code).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+
+from .compat import cache_argument_name, new_cache
+from .decoding import forward_block, space_settings
+from .layout import build_pass_layout
+from .planning import SpaceLayoutPlan, acceptance_rates, choose_plan, expected_speedup
+
+logger = logging.getLogger(__name__)
+
+MEASURED_TOKEN_COUNTS = (1, 2, 4, 8, 12, 16, 24, 32, 40, 48)
+
+
+@torch.no_grad()
+def measure_pass_costs(
+    model, token_counts: Sequence[int] = MEASURED_TOKEN_COUNTS, context_length: int = 128, repeats: int = 3
+) -> dict[int, float]:
+    """Median seconds of one pass (body on all tokens, LM head on up to 2k+1 rows) per token count."""
+    mask_token_id, trained_masks = space_settings(model)
+    device = model.get_input_embeddings().weight.device
+    generator = torch.Generator().manual_seed(0)
+    context = torch.randint(0, mask_token_id, (1, context_length), generator=generator).to(device)
+    body, head = model.base_model, model.get_output_embeddings()
+    cache = new_cache()
+    body(input_ids=context, use_cache=True, **{cache_argument_name(type(body).forward): cache})
+    cache_positions = torch.arange(context_length, device=device)[None]
+    costs = {}
+    for count in token_counts:
+        fresh = torch.randint(0, mask_token_id, (1, count), generator=generator).to(device)
+        positions = torch.arange(context_length, context_length + count, device=device)[None]
+        layout = build_pass_layout(fresh, positions, fresh[:, :0], cache_positions, mask_token_id, 1, [])
+        read = min(count, 2 * trained_masks + 1)
+        timings = []
+        for _ in range(repeats + 1):  # the first run warms up
+            start = time.perf_counter()
+            hidden = forward_block(model, layout, cache, cache_positions)
+            head(hidden[:, :read])
+            timings.append(time.perf_counter() - start)
+            cache.crop(-count)
+        costs[count] = sorted(timings[1:])[len(timings[1:]) // 2]
+    return costs
+
+
+def cost_function(costs: dict[int, float]) -> Callable[[int], float]:
+    """Piecewise-linear interpolation of measured pass costs (linear extrapolation beyond the last)."""
+    points = sorted(costs.items())
+
+    def cost(tokens: int) -> float:
+        for (low, low_cost), (high, high_cost) in zip(points, points[1:], strict=False):
+            if tokens <= high:
+                return low_cost + (high_cost - low_cost) * (tokens - low) / (high - low)
+        (low, low_cost), (high, high_cost) = points[-2], points[-1]
+        return high_cost + (high_cost - low_cost) * (tokens - high) / (high - low)
+
+    return cost
+
+
+def calibrate_acceptance(model, prompts: Sequence[torch.Tensor], max_new_tokens: int = 64) -> list[float]:
+    """Acceptance rate per mask from SPACE runs with every group, stored in `space_config`.
+
+    Only passes that verified a full set of candidates count (not the first pass, nor a last pass cut short
+    by a stop).
+    """
+    _, trained_masks = space_settings(model)
+    counts = []
+    for prompt in prompts:
+        out = model.generate(
+            prompt, max_new_tokens=max_new_tokens, do_sample=False, use_space=True, return_dict_in_generate=True,
+            space_layout=SpaceLayoutPlan.full(trained_masks),
+        )
+        counts += [emitted - 1 for emitted in out.tokens_per_pass[0][1:-1]]
+    rates = acceptance_rates(counts, trained_masks)
+    model.config.space_config = {**model.config.space_config, "acceptance_rates": rates}
+    return rates
+
+
+def auto_plan(model) -> SpaceLayoutPlan:
+    """The layout with the highest expected speed on this machine for this model."""
+    _, trained_masks = space_settings(model)
+    rates = model.config.space_config.get("acceptance_rates")
+    if not rates:
+        logger.warning(
+            "num_mask_tokens='auto' needs the model's acceptance rates (run "
+            "`transformers_space.autotune.calibrate_acceptance`); using every group with %d masks.", trained_masks
+        )
+        return SpaceLayoutPlan.full(trained_masks)
+    if getattr(model, "_space_pass_costs", None) is None:
+        model._space_pass_costs = measure_pass_costs(model)
+    cost = cost_function(model._space_pass_costs)
+    plan = choose_plan(trained_masks, rates, cost)
+    speedup = expected_speedup(plan, rates, cost)
+    logger.info("SPACE layout chosen for this machine: %s (expected speedup %.2fx)", plan.to_dict(), speedup)
+    if speedup < 1:
+        logger.warning("On this machine plain decoding is expected to be faster (best SPACE layout: %.2fx).", speedup)
+    return plan

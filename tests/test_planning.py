@@ -1,0 +1,102 @@
+"""Layout plans: the pure arithmetic, losslessness under every plan, and the machine-aware choice."""
+
+import pytest
+import torch
+from tiny_models import left_padded, random_prompts, tiny_model
+
+from transformers_space.autotune import auto_plan, calibrate_acceptance, cost_function, measure_pass_costs
+from transformers_space.planning import (
+    SpaceLayoutPlan,
+    acceptance_rates,
+    choose_plan,
+    expected_rates,
+    expected_speedup,
+)
+
+CPU_LIKE = cost_function({1: 1.0, 2: 1.65, 4: 1.65, 8: 1.8, 16: 1.75, 24: 2.1, 36: 2.6})
+FREE = cost_function({1: 1.0, 64: 1.0})
+
+
+def test_plan_validation_and_arithmetic():
+    plan = SpaceLayoutPlan(4, (0, 2, 4))
+    assert plan.groups_for(3) == [0, 2] and plan.tokens_in_pass(3) == 1 + 3 + 2 * 4
+    assert [plan.next_offset(a) for a in range(5)] == [0, 1, 0, 1, 0]
+    assert SpaceLayoutPlan.full(2).groups == (0, 1, 2)
+    for bad in [(1, 2), (0, 5), (0, 2, 1), ()]:
+        with pytest.raises(ValueError, match="groups"):
+            SpaceLayoutPlan(4, bad)
+    with pytest.raises(ValueError, match="num_masks"):
+        SpaceLayoutPlan(0, (0,))
+
+
+def test_acceptance_rates_from_counts():
+    # 4 passes with 3 candidates each: accepted 0, 1, 3, 3
+    assert acceptance_rates([0, 1, 3, 3], 3) == [3 / 4, 2 / 3, 1.0]
+
+
+def test_expected_rates_match_closed_forms():
+    alphas = [0.5, 0.5, 0.5]
+    per_pass, fed = expected_rates(SpaceLayoutPlan.full(3), alphas)
+    assert per_pass == pytest.approx(1 + 0.5 + 0.25 + 0.125)  # every pass has 3 candidates
+    assert fed == 1 + 3 + 4 * 3
+    per_pass, _ = expected_rates(SpaceLayoutPlan(3, (0, 3)), [1.0, 1.0, 1.0])
+    assert per_pass == pytest.approx(4.0)  # perfect drafts: always k + 1
+    per_pass, _ = expected_rates(SpaceLayoutPlan(3, (0,)), [1.0, 1.0, 1.0])
+    assert per_pass == pytest.approx((4 + 1) / 2)  # no group after 3 candidates: a draft-less pass follows
+    assert expected_speedup(SpaceLayoutPlan.full(3), [0.0] * 3, FREE) == pytest.approx(1.0)
+
+
+def test_choice_follows_the_hardware():
+    good = [0.9, 0.85, 0.8, 0.75, 0.7]
+    on_gpu = choose_plan(5, good, FREE)
+    assert on_gpu == SpaceLayoutPlan.full(5)  # passes are free: draft as much as possible
+    on_cpu = choose_plan(5, good, CPU_LIKE)
+    assert expected_speedup(on_cpu, good, CPU_LIKE) > expected_speedup(SpaceLayoutPlan.full(5), good, CPU_LIKE)
+    poor = choose_plan(5, [0.1] * 5, CPU_LIKE)
+    assert poor.tokens_in_pass(poor.num_masks) < SpaceLayoutPlan.full(5).tokens_in_pass(5)
+
+
+PLANS = [SpaceLayoutPlan(3, (0,)), SpaceLayoutPlan(3, (0, 3)), SpaceLayoutPlan(2, (0, 1)), SpaceLayoutPlan(1, (0,)),
+         SpaceLayoutPlan(3, (0, 1, 3))]
+
+
+@pytest.mark.parametrize("plan", PLANS, ids=lambda p: f"{p.num_masks}-{'_'.join(map(str, p.groups))}")
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen3"])
+def test_every_plan_is_lossless(plan, arch, verification_log):
+    for seed in range(3):
+        model = tiny_model(arch, seed=seed, num_mask_tokens=3, drafty=True, favourite_strength=0.7)
+        ids, mask = left_padded([5, 9, 3], seed)
+        kwargs = dict(attention_mask=mask, max_new_tokens=20, do_sample=False, eos_token_id=2 + seed, pad_token_id=0)
+        plain = model.generate(ids, **kwargs)
+        space = model.generate(ids, use_space=True, space_layout=plan, return_dict_in_generate=True, **kwargs)
+        assert torch.equal(plain, space.sequences)
+        assert space.space_layout == plan.to_dict()
+        assert all(count <= plan.num_masks + 1 for counts in space.tokens_per_pass for count in counts)
+    assert max(verification_log.counts()) >= 1
+
+
+def test_num_mask_tokens_argument():
+    model = tiny_model("llama", seed=0, num_mask_tokens=3, drafty=True)
+    prompt = random_prompts(1, 5, 0)
+    out = model.generate(prompt, max_new_tokens=12, use_space=True, num_mask_tokens=2, return_dict_in_generate=True)
+    assert out.space_layout == {"num_masks": 2, "groups": [0, 1, 2]}
+    with pytest.raises(ValueError, match="trained with 3"):
+        model.generate(prompt, max_new_tokens=5, use_space=True, num_mask_tokens=4)
+    with pytest.raises(ValueError, match="positive int or"):
+        model.generate(prompt, max_new_tokens=5, use_space=True, num_mask_tokens="fast")
+
+
+def test_auto_measures_calibrates_and_chooses(caplog):
+    model = tiny_model("llama", seed=0, num_mask_tokens=3, drafty=True)
+    costs = measure_pass_costs(model, token_counts=(1, 4, 16), context_length=16, repeats=1)
+    assert set(costs) == {1, 4, 16} and all(seconds > 0 for seconds in costs.values())
+    rates = calibrate_acceptance(model, [random_prompts(1, 5, s) for s in range(3)], max_new_tokens=20)
+    assert len(rates) == 3 and model.config.space_config["acceptance_rates"] == rates
+    with caplog.at_level("INFO"):
+        plan = auto_plan(model)
+    assert "SPACE layout chosen" in caplog.text
+    prompt = random_prompts(1, 6, 9)
+    plain = model.generate(prompt, max_new_tokens=20, do_sample=False)
+    out = model.generate(prompt, max_new_tokens=20, do_sample=False, use_space=True, num_mask_tokens="auto",
+                         return_dict_in_generate=True)
+    assert torch.equal(plain, out.sequences) and out.space_layout == plan.to_dict()
