@@ -115,3 +115,21 @@ def _check_reachable(endpoint: str, folder: Path, repo_id: str, timeout: float =
         ) from error
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
+
+
+def add_parser(subparsers):
+    """`transformers-space export`: a Hub-ready folder, optionally pushed."""
+    parser = subparsers.add_parser("export", help="Write a Hub-ready folder for a SPACE model; optionally push it.")
+    parser.add_argument("--model", required=True, help="Saved SPACE model (trainer output, checkpoint, LoRA run).")
+    parser.add_argument("--output-dir", required=True, help="Folder to write (must differ from --model).")
+    parser.add_argument("--push-to-hub", metavar="REPO_ID", help="Also upload the folder to this Hub repo.")
+    parser.add_argument("--private", action="store_true", help="Create the Hub repo as private.")
+    return parser
+
+
+def run(args) -> int:
+    folder = export(args.model, args.output_dir, repo_id=args.push_to_hub)
+    print(f"Hub-ready SPACE model written to {folder}")
+    if args.push_to_hub:
+        print(f"Pushed: {push_to_hub(folder, args.push_to_hub, private=args.private)}")
+    return 0
