@@ -1,0 +1,123 @@
+"""Model set-up per training mode, and the checks that keep SPACE settings consistent across runs.
+
+- "full": SPACE support added, every weight trainable.
+- "lora": SPACE support added, then peft LoRA on the attention and MLP projections plus the mask token's
+  embedding row (`trainable_token_indices`); `merge_and_unload()` gives a plain SPACE model back.
+- "gated": SPACE support added with `mode="gated"`: gated adapters installed, the base frozen.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from transformers import PreTrainedModel
+
+from ..configuration import STRUCTURAL_FIELDS, SpaceConfig
+from ..gated import default_target_modules, has_gated_adapters
+from ..modeling import add_space_support
+
+SETTINGS_FILE = "space_config.json"
+
+
+def prepare_model(model, tokenizer, space_config: SpaceConfig):
+    """Returns (model ready to train, the SpaceConfig it now carries, mask token id filled in)."""
+    if _is_peft_model(model):
+        raise TypeError(
+            "SpaceTrainer applies LoRA itself (mode='lora'); pass the base transformers model, not a PeftModel."
+        )
+    if not isinstance(model, PreTrainedModel):
+        raise TypeError(f"`model` should be a transformers PreTrainedModel, got {type(model).__name__}.")
+    check_existing_settings(model, space_config)
+    options = {
+        name: getattr(space_config, name)
+        for name in space_config.to_dict()
+        if name not in ("num_mask_tokens", "mask_token_id", "version")
+    }
+    model = add_space_support(model, tokenizer, space_config.num_mask_tokens, **options)
+    resolved = SpaceConfig.from_dict(model.config.space_config)
+    if resolved.mode == "full":
+        model.requires_grad_(True)
+    elif resolved.mode == "lora":
+        model = apply_lora(model, resolved)
+    return model, resolved
+
+
+def check_existing_settings(model: PreTrainedModel, requested: SpaceConfig) -> None:
+    """A model that already has SPACE settings may be trained further only with the same mask layout."""
+    existing = getattr(model.config, "space_config", None)
+    if not existing:
+        return
+    saved = SpaceConfig.from_dict(existing)
+    names = ("num_mask_tokens", "mask_token")
+    if saved.mode == "gated" and has_gated_adapters(model) and requested.mode == "gated":
+        names += ("adapter_rank", "adapter_alpha", "adapter_target_modules")
+    differences = saved.differences(requested, names)
+    if differences:
+        changes = ", ".join(f"{name}={new!r} (model: {old!r})" for name, (old, new) in differences.items())
+        raise ValueError(
+            f"This model already has SPACE settings from earlier preparation or training (mode {saved.mode!r}); "
+            f"mode {requested.mode!r} training asks for {changes}. Its mask token was set up for the saved "
+            "settings: train with them (`SpaceConfig(...)` with the model's values), or start from the original "
+            "model."
+        )
+
+
+def apply_lora(model: PreTrainedModel, space_config: SpaceConfig):
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as error:  # pragma: no cover - peft is in the train and test extras
+        raise ImportError("mode='lora' needs peft: `pip install 'transformers-space[train]'`.") from error
+    lora_config = LoraConfig(
+        r=space_config.adapter_rank,
+        lora_alpha=space_config.adapter_alpha,
+        lora_dropout=space_config.adapter_dropout,
+        target_modules=space_config.adapter_target_modules or default_target_modules(model),
+        trainable_token_indices=[space_config.mask_token_id],
+        fan_in_fan_out=model.config.model_type == "gpt2",  # GPT-2's Conv1D stores weights transposed
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora_config)
+
+
+def save_settings(output_dir: str, space_config: SpaceConfig) -> None:
+    with open(os.path.join(output_dir, SETTINGS_FILE), "w") as handle:
+        json.dump(space_config.to_dict(), handle, indent=2, sort_keys=True)
+
+
+def check_checkpoint_settings(checkpoint: str, space_config: SpaceConfig) -> None:
+    """Resuming needs the settings the checkpoint was trained with."""
+    path = os.path.join(checkpoint, SETTINGS_FILE)
+    if not os.path.isfile(path):
+        config_path = os.path.join(checkpoint, "config.json")
+        saved = None
+        if os.path.isfile(config_path):
+            with open(config_path) as handle:
+                saved = json.load(handle).get("space_config")
+        if not saved:
+            raise ValueError(f"{checkpoint} holds no SPACE settings ({SETTINGS_FILE}); it is not a SpaceTrainer "
+                             "checkpoint.")
+    else:
+        with open(path) as handle:
+            saved = json.load(handle)
+    saved_config = SpaceConfig.from_dict(saved)
+    names = tuple(name for name in space_config.to_dict() if name != "version")
+    differences = saved_config.differences(space_config, names)
+    if differences:
+        changes = ", ".join(f"{name}: checkpoint {old!r}, now {new!r}" for name, (old, new) in differences.items())
+        raise ValueError(
+            f"Cannot resume from {checkpoint}: its SPACE settings differ ({changes}). Resume with the checkpoint's "
+            "settings, or start a new run in another output_dir."
+        )
+
+
+def structural_summary(space_config: SpaceConfig) -> str:
+    return ", ".join(f"{name}={getattr(space_config, name)!r}" for name in STRUCTURAL_FIELDS)
+
+
+def _is_peft_model(model) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
+    return isinstance(model, PeftModel)
