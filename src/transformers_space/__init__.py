@@ -3,8 +3,9 @@
 from .candidates import SpaceCandidateGenerator
 from .configuration import SpaceConfig
 from .decoding import SpaceGenerateOutput, space_decoding
+from .gated import install_gated_adapters, remove_gated_adapters
 from .generation import SpaceGenerationMixin, SuppressMaskTokenLogitsProcessor
-from .modeling import SUPPORTED_MODEL_TYPES, add_space_support
+from .modeling import SUPPORTED_MODEL_TYPES, add_space_support, load_space_model
 
 __version__ = "0.1.0"
 
@@ -12,10 +13,25 @@ __all__ = [
     "SUPPORTED_MODEL_TYPES",
     "SpaceCandidateGenerator",
     "SpaceConfig",
+    "SpaceDataCollator",
     "SpaceGenerateOutput",
     "SpaceGenerationMixin",
+    "SpaceTrainer",
     "SuppressMaskTokenLogitsProcessor",
     "__version__",
     "add_space_support",
+    "install_gated_adapters",
+    "load_space_model",
+    "remove_gated_adapters",
     "space_decoding",
 ]
+
+_TRAINING = ("SpaceDataCollator", "SpaceTrainer")  # loaded on first use: importing Trainer is slow
+
+
+def __getattr__(name: str):
+    if name in _TRAINING:
+        from . import training
+
+        return getattr(training, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
