@@ -11,6 +11,8 @@ import logging
 import sys
 from collections.abc import Callable
 
+from . import bench
+
 logger = logging.getLogger("transformers_space")
 
 Command = tuple[Callable[[argparse._SubParsersAction], argparse.ArgumentParser], Callable[[argparse.Namespace], int]]
@@ -59,7 +61,7 @@ def _generate_run(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: dict[str, Command] = {"generate": (_generate_parser, _generate_run)}
+COMMANDS: dict[str, Command] = {"generate": (_generate_parser, _generate_run), "bench": (bench.add_parser, bench.run)}
 
 
 def build_parser() -> argparse.ArgumentParser:
