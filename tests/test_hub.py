@@ -156,3 +156,19 @@ def test_export_refuses_non_space_models(tmp_path):
         export(tmp_path / "plain", tmp_path / "out")
     with pytest.raises(ValueError, match="holds no model"):
         export(tmp_path / "nothing", tmp_path / "out")
+
+
+def test_export_command_line(tmp_path):
+    space_models()["gpt2"].save_pretrained(tmp_path / "trained")
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9"}
+    ok = subprocess.run(
+        ["transformers-space", "export", "--model", str(tmp_path / "trained"), "--output-dir", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert ok.returncode == 0 and (tmp_path / "out" / "custom_generate" / "generate.py").exists(), ok.stderr
+    pushed = subprocess.run(
+        ["transformers-space", "export", "--model", str(tmp_path / "trained"), "--output-dir", str(tmp_path / "o2"),
+         "--push-to-hub", "someone/tiny"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert pushed.returncode != 0 and "Cannot reach the Hugging Face Hub" in pushed.stderr

@@ -11,7 +11,8 @@ import logging
 import sys
 from collections.abc import Callable
 
-from . import bench
+from . import bench, hub
+from .training import cli as train_cli
 
 logger = logging.getLogger("transformers_space")
 
@@ -31,12 +32,12 @@ def _generate_parser(subparsers) -> argparse.ArgumentParser:
 
 def _generate_run(args: argparse.Namespace) -> int:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    from .modeling import add_space_support
+    from .modeling import add_space_support, load_space_model
 
     tokenizer = AutoTokenizer.from_pretrained(args.model, padding_side="left")
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
+    model = load_space_model(args.model, dtype=torch.float32).eval()  # the SPACE class keeps gated adapters
     space_config = getattr(model.config, "space_config", None) or {}
     model = add_space_support(model, tokenizer, space_config.get("num_mask_tokens", args.num_mask_tokens))
     prompts = args.prompt
@@ -61,7 +62,12 @@ def _generate_run(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: dict[str, Command] = {"generate": (_generate_parser, _generate_run), "bench": (bench.add_parser, bench.run)}
+COMMANDS: dict[str, Command] = {
+    "generate": (_generate_parser, _generate_run),
+    "bench": (bench.add_parser, bench.run),
+    "train": (train_cli.add_parser, train_cli.run),
+    "export": (hub.add_parser, hub.run),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
