@@ -1,0 +1,76 @@
+"""`transformers-space train`: HfArgumentParser options, a short gated run, the saved model generating."""
+
+import json
+
+import pytest
+import torch
+from tiny_models import tiny_tokenizer
+from toy_language import toy_model, toy_rows
+
+from transformers_space import load_space_model
+from transformers_space.cli import build_parser, main
+from transformers_space.training.cli import parse
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    folder = tmp_path / "base"
+    toy_model().save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def test_train_options_come_from_the_dataclasses(tmp_path):
+    args = build_parser().parse_args(
+        ["train", "--model", "m", "--data", "d.jsonl", "--mode", "gated", "--num-mask-tokens", "3",
+         "--output-dir", str(tmp_path), "--learning-rate", "1e-3", "--adapter-target-modules", "q_proj", "v_proj"]
+    )
+    script, space_config, training_args = parse(args)
+    assert script.model == "m" and script.data == "d.jsonl"
+    assert space_config.mode == "gated" and space_config.num_mask_tokens == 3
+    assert space_config.adapter_target_modules == ["q_proj", "v_proj"]
+    assert training_args.learning_rate == 1e-3 and training_args.output_dir == str(tmp_path)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--model", "m", "--data", "d", "--mode", "qlora"])
+
+
+def test_train_command_gated(model_dir, tmp_path, capsys):
+    rows = [{"text": " ".join(f"w{t}" for t in row["input_ids"])} for row in toy_rows(32, seed=0)]
+    data = write_jsonl(tmp_path / "data.jsonl", rows)
+    out = tmp_path / "out"
+    code = main(["train", "--model", str(model_dir), "--data", str(data), "--mode", "gated", "--num-mask-tokens", "4",
+                 "--output-dir", str(out), "--max-steps", "3", "--per-device-train-batch-size", "8",
+                 "--report-to", "none", "--save-strategy", "no", "--use-cpu", "--disable-tqdm", "true"])
+    assert code == 0
+    assert "trained 3 steps" in capsys.readouterr().out
+    assert json.loads((out / "space_config.json").read_text())["mode"] == "gated"
+    model = load_space_model(out).eval()
+    prompt = torch.tensor([[1, 3, 5]])
+    assert torch.equal(model.generate(prompt, max_new_tokens=8, use_space=True),
+                       model.generate(prompt, max_new_tokens=8, use_space=False))
+
+
+def test_train_command_lora_saves_a_merged_model(model_dir, tmp_path):
+    data = write_jsonl(tmp_path / "data.jsonl", toy_rows(16, seed=0))
+    out = tmp_path / "out"
+    main(["train", "--model", str(model_dir), "--data", str(data), "--mode", "lora", "--output-dir", str(out),
+          "--max-steps", "2", "--report-to", "none", "--save-strategy", "no", "--use-cpu"])
+    model = load_space_model(out)
+    assert model.config.space_config["mode"] == "lora"
+    assert not any("lora" in name for name, _ in model.named_parameters())
+
+
+def test_bad_data_file(model_dir, tmp_path):
+    bad = tmp_path / "data.csv"
+    bad.write_text("a,b\n")
+    with pytest.raises(ValueError, match=r"\.jsonl or \.json"):
+        main(["train", "--model", str(model_dir), "--data", str(bad), "--output-dir", str(tmp_path)])
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"text": "w1"}\n{oops\n')
+    with pytest.raises(ValueError, match="line 2: not valid JSON"):
+        main(["train", "--model", str(model_dir), "--data", str(broken), "--output-dir", str(tmp_path)])
