@@ -172,3 +172,50 @@ def test_export_command_line(tmp_path):
         capture_output=True, text=True, timeout=300, env=env,
     )
     assert pushed.returncode != 0 and "Cannot reach the Hugging Face Hub" in pushed.stderr
+
+
+def progression_rows(count: int, length: int = 24, seed: int = 0) -> list[dict]:
+    """A learnable toy language: arithmetic progressions modulo the vocabulary (ids 1..47)."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(count):
+        start, step = (int(x) for x in torch.randint(1, 47, (2,), generator=generator))
+        rows.append({"input_ids": [1 + (start + step * i) % 47 for i in range(length)]})
+    return rows
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["full", "lora", "gated"])
+def test_train_save_load_remote_generate_round_trip(mode, tmp_path):
+    """Train each mode briefly -> save (LoRA: merged) -> export -> load with remote code -> generate."""
+    from tiny_models import tiny_config
+    from transformers import AutoModelForCausalLM, TrainingArguments
+
+    from transformers_space import SpaceConfig
+    from transformers_space.training import SpaceTrainer
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config("llama"))
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "run"), max_steps=6, per_device_train_batch_size=4, learning_rate=5e-3,
+        report_to=[], save_strategy="no", logging_steps=50, disable_tqdm=True,
+    )
+    trainer = SpaceTrainer(model=model, args=args, train_dataset=progression_rows(32),
+                           space_config=SpaceConfig(mode=mode, num_mask_tokens=3))
+    trainer.train()
+    if mode == "lora":  # a LoRA run ships merged: the Hub folder must load with transformers alone
+        trainer.model.merge_and_unload().save_pretrained(tmp_path / "trained")
+    else:
+        trainer.save_model(str(tmp_path / "trained"))
+    folder = export(tmp_path / "trained", tmp_path / "repo")
+    local = AutoSpaceModelForCausalLM.from_pretrained(folder).eval()
+    assert local.config.space_config["mode"] == mode
+    prompt = torch.tensor([progression_rows(2, length=6, seed=1)[i]["input_ids"] for i in range(2)])
+    common = dict(max_new_tokens=24, return_dict_in_generate=True)
+    greedy = local.generate(input_ids=prompt, do_sample=False, use_space=True, **common)
+    torch.manual_seed(7)
+    sampled = local.generate(input_ids=prompt, do_sample=True, use_space=True, **common)
+    remote = isolated_python(REMOTE_SCRIPT, str(folder), json.dumps(prompt.tolist()), "7", cwd=tmp_path)
+    assert remote["greedy"] == greedy.sequences.tolist() == remote["plain"] == remote["custom"]
+    assert remote["greedy_passes"] == greedy.tokens_per_pass
+    assert remote["sampled"] == sampled.sequences.tolist() and remote["sampled_passes"] == sampled.tokens_per_pass
