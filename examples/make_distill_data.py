@@ -91,7 +91,8 @@ def answer(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size
         for prompt, ids in zip(batch, out[:, inputs["input_ids"].shape[1] :], strict=True):
             reply = tokenizer.decode(ids, skip_special_tokens=True).strip()
             if reply:
-                rows.append({"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}]})
+                turns = [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}]
+                rows.append({"messages": turns})
     return rows
 
 

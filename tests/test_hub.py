@@ -219,3 +219,34 @@ def test_train_save_load_remote_generate_round_trip(mode, tmp_path):
     assert remote["greedy"] == greedy.sequences.tolist() == remote["plain"] == remote["custom"]
     assert remote["greedy_passes"] == greedy.tokens_per_pass
     assert remote["sampled"] == sampled.sequences.tolist() and remote["sampled_passes"] == sampled.tokens_per_pass
+
+
+def test_gated_adapter_alone_round_trip(tmp_path):
+    """A gated model's adapter saves on its own (a few MB) and loads back onto its base exactly."""
+    from tiny_models import tiny_config, tiny_tokenizer
+    from transformers import AutoModelForCausalLM
+
+    from transformers_space.hub import load_space_adapter, save_space_adapter
+
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(tiny_config("llama")).save_pretrained(tmp_path / "base")
+    tiny_tokenizer().save_pretrained(tmp_path / "base")
+    model, tokenizer = load_space_adapter_free_base(tmp_path / "base")
+    randomise_gated_adapters(model, 4)
+    save_space_adapter(model, tmp_path / "adapter", base_model=str(tmp_path / "base"))
+    assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == [
+        "space_adapter.safetensors", "space_adapter_config.json"]
+    loaded, loaded_tokenizer = load_space_adapter(tmp_path / "adapter")
+    assert loaded_tokenizer.convert_tokens_to_ids("<|space_mask|>") == model.config.space_config["mask_token_id"]
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, loaded.state_dict()[name]), name
+    with pytest.raises(ValueError, match="Only gated"):
+        save_space_adapter(space_models()["plain-llama"], tmp_path / "nope")
+
+
+def load_space_adapter_free_base(folder):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = add_space_support(AutoModelForCausalLM.from_pretrained(folder), tokenizer, 3, mode="gated")
+    return model, tokenizer

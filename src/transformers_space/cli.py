@@ -11,7 +11,7 @@ import logging
 import sys
 from collections.abc import Callable
 
-from . import bench, hub
+from . import bench, demo, hub
 from .training import cli as train_cli
 
 logger = logging.getLogger("transformers_space")
@@ -67,6 +67,7 @@ COMMANDS: dict[str, Command] = {
     "bench": (bench.add_parser, bench.run),
     "train": (train_cli.add_parser, train_cli.run),
     "export": (hub.add_parser, hub.run),
+    "demo": (demo.add_parser, demo.run),
 }
 
 

@@ -10,6 +10,7 @@ entry points: `AutoSpaceModelForCausalLM` (load with the installed package, no r
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import logging
 import os
 import socket
@@ -133,3 +134,69 @@ def run(args) -> int:
     if args.push_to_hub:
         print(f"Pushed: {push_to_hub(folder, args.push_to_hub, private=args.private)}")
     return 0
+
+
+ADAPTER_WEIGHTS = "space_adapter.safetensors"
+ADAPTER_CONFIG = "space_adapter_config.json"
+DEFAULT_BASE = "transformers-space:default"  # the offline SmolLM2-135M-Instruct of `assets.py`
+
+
+def save_space_adapter(model, folder: str | Path, base_model: str | None = None) -> Path:
+    """Save only what a gated SPACE model adds to its base (adapters and mask embedding): a few MB.
+
+    `base_model` names what to load the adapter onto (a folder, a Hub id, or DEFAULT_BASE); by default
+    the model's own `name_or_path`.
+    """
+    from safetensors.torch import save_file
+
+    space_config = dict(getattr(model.config, "space_config", None) or {})
+    if space_config.get("mode") != "gated":
+        raise ValueError("Only gated SPACE models have a separable adapter; use `save_pretrained` for the others.")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items() if ".space_" in name}
+    save_file(weights, folder / ADAPTER_WEIGHTS, metadata={"format": "pt"})
+    base = base_model or getattr(model.config, "_name_or_path", None) or DEFAULT_BASE
+    (folder / ADAPTER_CONFIG).write_text(json.dumps(
+        {"base_model": str(base), "model_type": model.config.model_type, "space_config": space_config}, indent=2
+    ) + "\n")
+    return folder
+
+
+def load_space_adapter(folder: str | Path, model=None, tokenizer=None, **from_pretrained_kwargs):
+    """The base model (given, or named in the adapter's config) with the saved gated adapter: (model, tokenizer).
+
+    The adapter's weights must match the installed adapter exactly (no missing or unexpected key).
+    """
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .modeling import add_space_support
+
+    folder = Path(folder)
+    settings = json.loads((folder / ADAPTER_CONFIG).read_text())
+    if model is None:
+        base = settings["base_model"]
+        if base == DEFAULT_BASE:
+            from .assets import default_model_dir
+
+            base = default_model_dir()
+        model = AutoModelForCausalLM.from_pretrained(base, **from_pretrained_kwargs)
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(base)
+    space_config = {k: v for k, v in settings["space_config"].items() if k not in ("mask_token_id", "version")}
+    num_mask_tokens = space_config.pop("num_mask_tokens")
+    model = add_space_support(model, tokenizer, num_mask_tokens, **space_config)
+    if model.config.space_config["mask_token_id"] != settings["space_config"]["mask_token_id"]:
+        raise ValueError(
+            f"The base gives the mask token id {model.config.space_config['mask_token_id']}, the adapter was "
+            f"trained with {settings['space_config']['mask_token_id']}: load the adapter onto its own base model."
+        )
+    weights = load_file(folder / ADAPTER_WEIGHTS)
+    expected = {name for name in model.state_dict() if ".space_" in name}
+    if set(weights) != expected:
+        raise ValueError(
+            f"{folder} does not fit this model: missing {sorted(expected - set(weights))[:3]}, unexpected "
+            f"{sorted(set(weights) - expected)[:3]}."
+        )
+    model.load_state_dict(weights, strict=False)
+    return model.eval(), tokenizer

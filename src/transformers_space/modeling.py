@@ -111,12 +111,17 @@ def _add_mask_token(model: PreTrainedModel, tokenizer, mask_token: str) -> int:
             )
         tokenizer.add_special_tokens({"additional_special_tokens": [mask_token]}, replace_extra_special_tokens=False)
         mask_token_id = tokenizer.convert_tokens_to_ids(mask_token)
+    head = model.get_output_embeddings()
     with torch.no_grad():
         mean = embeddings.weight[:rows].mean(0)
+        head_mean = head.weight[:rows].mean(0)
         if mask_token_id >= rows:
             model.resize_token_embeddings(mask_token_id + 1, mean_resizing=False)
-            embeddings = model.get_input_embeddings()
+            embeddings, head = model.get_input_embeddings(), model.get_output_embeddings()
         embeddings.weight[mask_token_id] = mean
+        if head.weight.data_ptr() != embeddings.weight.data_ptr():
+            # never predicted (its logit is suppressed), but deterministic, so adapters reload exactly
+            head.weight[mask_token_id] = head_mean
     logger.info("Added SPACE mask token %r as id %d", mask_token, mask_token_id)
     return mask_token_id
 
