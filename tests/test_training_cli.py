@@ -1,6 +1,7 @@
 """`transformers-space train`: HfArgumentParser options, a short gated run, the saved model generating."""
 
 import json
+import sys
 
 import pytest
 import torch
@@ -74,3 +75,29 @@ def test_bad_data_file(model_dir, tmp_path):
     broken.write_text('{"text": "w1"}\n{oops\n')
     with pytest.raises(ValueError, match="line 2: not valid JSON"):
         main(["train", "--model", str(model_dir), "--data", str(broken), "--output-dir", str(tmp_path)])
+
+
+def test_example_script_and_accelerate_configs(model_dir, tmp_path, capsys, monkeypatch):
+    """examples/train_space.py runs (one process here; DDP is tested above) and the accelerate configs parse."""
+    import importlib.util
+    from pathlib import Path
+
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    examples = Path(__file__).parent.parent / "examples"
+    spec = importlib.util.spec_from_file_location("train_space", examples / "train_space.py")
+    example = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "train_space", example)  # dataclasses look their module up there
+    spec.loader.exec_module(example)
+    data = write_jsonl(tmp_path / "data.jsonl", toy_rows(16, seed=0))
+    example.main(["--model", str(model_dir), "--data", str(data), "--mode", "gated", "--max_steps", "2",
+                  "--output_dir", str(tmp_path / "out"), "--report_to", "none", "--save_strategy", "no", "--use_cpu"])
+    assert "tokens per pass" in capsys.readouterr().out
+    kinds = {}
+    for config_file in sorted((examples / "accelerate").glob("*.yaml")):
+        config = load_config_from_file(str(config_file))
+        kinds[config_file.stem] = config.distributed_type.value
+        deepspeed_file = (config.deepspeed_config or {}).get("deepspeed_config_file")
+        if deepspeed_file:
+            assert json.loads((examples.parent / deepspeed_file).read_text())["zero_optimization"]["stage"] in (2, 3)
+    assert kinds == {"ddp": "MULTI_GPU", "fsdp": "FSDP", "deepspeed_zero2": "DEEPSPEED", "deepspeed_zero3": "DEEPSPEED"}

@@ -114,6 +114,10 @@ class GatedMaskEmbedding(nn.Module):
         self.positions = positions
         self.settings = settings  # the adapter settings it was installed with (for idempotence checks)
 
+    def forward(self) -> torch.Tensor:
+        """The embedding, read through a module call so that ZeRO-3 / FSDP gather it first."""
+        return self.weight
+
 
 def _add_gated_delta(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
     """Forward hook of a target layer: output + delta at the mask rows, the untouched output elsewhere."""
@@ -139,7 +143,7 @@ def _use_mask_embedding(module: nn.Module, args: tuple, kwargs: dict, output: to
     where = gate.positions.where
     if where is None:
         return output
-    rows = gate.weight.to(output.dtype).expand(where[0].shape[0], -1)
+    rows = gate().to(output.dtype).expand(where[0].shape[0], -1)
     return output.index_put(where, rows)
 
 
