@@ -216,3 +216,13 @@ def test_gated_base_runs_without_dropout(tmp_path):
     losses = [trainer.compute_loss(trainer.model, dict(batch)).item() for _ in range(3)]
     assert losses[0] == losses[1] == losses[2]
     assert trainer.model.training  # the trainer's mode is restored afterwards
+
+
+@pytest.mark.parametrize("mode", ["full", "gated"])
+def test_mixed_precision_training_leaves_a_plain_forward(tmp_path, mode):
+    """--bf16 wraps model.forward in autocast while training; afterwards plain and SPACE decoding agree again."""
+    trainer = SpaceTrainer(model=toy_model(), args=training_args(tmp_path, 3, bf16=True),
+                           train_dataset=toy_rows(48, seed=0), space_config=SpaceConfig(num_mask_tokens=K, mode=mode))
+    trainer.train()
+    assert "_original_forward" not in vars(trainer.model)
+    assert space_vs_plain(trainer.model)[0]
