@@ -22,9 +22,6 @@ SPACE_CONFIG_VERSION = 2
 MODES = ("full", "lora", "gated")
 SAMPLE_FORMS = ("one_pass", "truncate")
 
-# Fields that shape the weights (a model trained with other values is a different model).
-STRUCTURAL_FIELDS = ("num_mask_tokens", "mask_token", "mode", "adapter_rank", "adapter_alpha", "adapter_target_modules")
-
 
 @dataclass
 class SpaceConfig:
@@ -142,7 +139,7 @@ def _check_float(
     above = value >= low if include_low else value > low
     below = value <= high if include_high else value < high
     if not math.isfinite(value) or not (above and below):
-        interval = f"{'[' if include_low else '('}{low}, {high}{']' if include_high else ')'}"
+        interval = f"{'[' if include_low else '('}{low}, {high}{']' if include_high and high < math.inf else ')'}"
         raise ValueError(f"`{name}` should lie in {interval}, got {value}.")
     setattr(config, name, float(value))
 

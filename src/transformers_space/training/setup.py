@@ -13,7 +13,7 @@ import os
 
 from transformers import PreTrainedModel
 
-from ..configuration import STRUCTURAL_FIELDS, SpaceConfig
+from ..configuration import SpaceConfig
 from ..gated import default_target_modules, has_gated_adapters
 from ..modeling import add_space_support
 
@@ -109,10 +109,6 @@ def check_checkpoint_settings(checkpoint: str, space_config: SpaceConfig) -> Non
             f"Cannot resume from {checkpoint}: its SPACE settings differ ({changes}). Resume with the checkpoint's "
             "settings, or start a new run in another output_dir."
         )
-
-
-def structural_summary(space_config: SpaceConfig) -> str:
-    return ", ".join(f"{name}={getattr(space_config, name)!r}" for name in STRUCTURAL_FIELDS)
 
 
 def _is_peft_model(model) -> bool:
