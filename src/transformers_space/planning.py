@@ -26,9 +26,12 @@ class SpaceLayoutPlan:
     groups: tuple[int, ...]  # candidate counts after which a mask group runs; always holds 0
 
     def __post_init__(self) -> None:
-        if self.num_masks < 1:
-            raise ValueError(f"`num_masks` should be at least 1, got {self.num_masks}.")
         groups = tuple(self.groups)
+        if self.num_masks == 0 and not groups:  # no drafting at all: one token per pass, as plain decoding
+            object.__setattr__(self, "groups", groups)
+            return
+        if self.num_masks < 1:
+            raise ValueError(f"`num_masks` should be at least 1 (or 0 with no groups), got {self.num_masks}.")
         if groups != tuple(sorted(set(groups))) or not groups or groups[0] != 0 or groups[-1] > self.num_masks:
             raise ValueError(
                 f"`groups` should be increasing candidate counts from 0 up to num_masks={self.num_masks}, "
@@ -49,6 +52,8 @@ class SpaceLayoutPlan:
 
     def next_offset(self, accepted: int) -> int:
         """First mask index of the next drafts, after `accepted` candidates were accepted."""
+        if not self.groups:
+            return self.num_masks
         return accepted - max(group for group in self.groups if group <= accepted)
 
     def to_dict(self) -> dict:
@@ -79,8 +84,9 @@ def expected_speedup(plan: SpaceLayoutPlan, alphas: Sequence[float], cost: Calla
 
 
 def choose_plan(max_masks: int, alphas: Sequence[float], cost: Callable[[int], float]) -> SpaceLayoutPlan:
-    """The plan with the highest expected speedup: every mask count up to `max_masks`, every group subset."""
-    best, best_speedup = None, -1.0
+    """The plan with the highest expected speedup: every mask count up to `max_masks`, every group subset, and
+    no drafting at all (where every layout costs more than it gains, as an untrained adapter on a CPU)."""
+    best, best_speedup = SpaceLayoutPlan(0, ()), 1.0
     for num_masks in range(1, max_masks + 1):
         for size in range(num_masks + 1):
             for extra in itertools.combinations(range(1, num_masks + 1), size):
