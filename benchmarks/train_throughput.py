@@ -8,7 +8,8 @@ every row and trains only them (the prefix runs once without gradients). AdamW, 
 `torch.set_num_threads(--threads)`; the first `--warmup` steps are not timed.
 
 Reported per mode: seconds per step, SAR blocks trained per second, target tokens per second (tokens that
-carry loss: AR targets plus mask targets), sequence tokens per second (real tokens fed), peak RSS during
+carry loss: AR targets plus mask targets), data tokens per second (tokens of the training rows consumed;
+gated mode feeds each row only up to its last block start), peak RSS during
 training (the peak is reset after loading), RSS after loading, trainable parameters, and the cores that
 OTHER processes used meanwhile (timings are only clean when that is ~0).
 
@@ -137,7 +138,7 @@ def run_mode(mode: str, args) -> dict:
         "seconds_per_step": seconds / args.steps,
         "sar_blocks_per_s": sum(counts.blocks[timed]) / seconds,
         "target_tokens_per_s": sum(counts.targets[timed]) / seconds,
-        "sequence_tokens_per_s": sum(counts.tokens[timed]) / seconds,
+        "data_tokens_per_s": sum(counts.tokens[timed]) / seconds,
         "peak_rss_mb": rss_mb("VmHWM"),
         "loaded_rss_mb": loaded_rss,
         "trainable_parameters": trainable,
@@ -146,7 +147,7 @@ def run_mode(mode: str, args) -> dict:
 
 
 class CountingCollator:
-    """Wraps the trainer's collator and counts, per batch, SAR blocks, target tokens and real tokens fed."""
+    """Wraps the trainer's collator and counts, per batch, SAR blocks, target tokens and the rows' tokens."""
 
     def __init__(self, collator):
         self.collator = collator
@@ -168,17 +169,26 @@ def markdown(results: list[dict], machine: dict, command: str) -> str:
         "",
         f"`{command}`",
         "",
-        "| mode | trainable params | s / step | SAR blocks / s | target tokens / s | sequence tokens / s "
+        "| mode | trainable params | s / step | SAR blocks / s | target tokens / s | data tokens / s "
         "| peak RSS (MB) | RSS after load (MB) | other load (cores) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         lines.append(
             f"| {r['mode']} | {r['trainable_parameters'] / 1e6:.2f} M | {r['seconds_per_step']:.2f} | "
-            f"{r['sar_blocks_per_s']:.2f} | {r['target_tokens_per_s']:.0f} | {r['sequence_tokens_per_s']:.0f} | "
+            f"{r['sar_blocks_per_s']:.2f} | {r['target_tokens_per_s']:.0f} | {r['data_tokens_per_s']:.0f} | "
             f"{r['peak_rss_mb']:.0f} | {r['loaded_rss_mb']:.0f} | {r['other_load_cores']:.2f} |"
         )
     return "\n".join(lines)
+
+
+def run_child(mode: str, argv) -> dict:
+    child = [sys.executable, __file__, "--child", mode] + list(argv if argv is not None else sys.argv[1:])
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run(child, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"mode {mode} failed:\n{done.stderr[-3000:]}")
+    return json.loads(next(line[7:] for line in done.stdout.splitlines() if line.startswith("RESULT ")))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -191,6 +201,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--num-mask-tokens", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--wait-idle", type=float, default=0, help="Wait up to this many seconds for an idle CPU.")
+    parser.add_argument("--retries", type=int, default=0, help="Repeat a mode disturbed by other processes.")
     parser.add_argument("--work-dir", default="bench_out/train_throughput")
     parser.add_argument("--out-json", default=None)
     parser.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
@@ -206,16 +217,15 @@ def main(argv=None) -> int:
     command = "python benchmarks/train_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:])
     results = []
     for mode in args.modes:
-        if args.wait_idle:
-            wait_for_idle(args.wait_idle)
-        child = [sys.executable, __file__, "--child", mode] + [a for a in (argv or sys.argv[1:])]
-        env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-        done = subprocess.run(child, capture_output=True, text=True, env=env)
-        if done.returncode != 0:
-            raise RuntimeError(f"mode {mode} failed:\n{done.stderr[-3000:]}")
-        result = json.loads(next(line[7:] for line in done.stdout.splitlines() if line.startswith("RESULT ")))
-        logger.info("%s", result)
-        results.append(result)
+        attempts = []
+        for _ in range(1 + args.retries):  # a run that other processes disturbed is repeated; the calmest is kept
+            if args.wait_idle:
+                wait_for_idle(args.wait_idle)
+            attempts.append(run_child(mode, argv))
+            logger.info("%s", attempts[-1])
+            if attempts[-1]["other_load_cores"] < 0.1:
+                break
+        results.append(min(attempts, key=lambda result: result["other_load_cores"]))
     torch.set_num_threads(args.threads)
     table = markdown(results, machine_info(), command)
     print(table)
