@@ -229,3 +229,13 @@ def test_space_model_as_assistant_sampling_matches_plain_sampling(verification_l
         assisted.append(target.generate(row, assistant_model=assistant, **kwargs)[:, PROMPT_LENGTH:])
     assert min(position_pvalues(torch.cat(plain), torch.cat(assisted))) > 1e-4
     assert verification_log.passes
+
+
+def test_early_exit_self_speculation_is_not_hijacked(verification_log):
+    """A SPACE model with use_space on by default still runs transformers' own early-exit drafting."""
+    model = tiny_model("llama", seed=1, num_mask_tokens=3, drafty=True)
+    model.generation_config.use_space = True
+    prompt = random_prompts(1, 5, 1)
+    expected = model.generate(prompt, max_new_tokens=12, do_sample=False, use_space=False)
+    got = model.generate(prompt, max_new_tokens=12, do_sample=False, use_space=False, assistant_early_exit=1)
+    assert torch.equal(got, expected) and verification_log.passes == []

@@ -81,7 +81,17 @@ def space_generate(model, base_generate, inputs=None, generation_config=None, lo
     if not use_space:
         processors = LogitsProcessorList(logits_processor or [])
         processors.append(SuppressMaskTokenLogitsProcessor(mask_token_id))
-        return base_generate(inputs, generation_config, logits_processor=processors, **kwargs)
+        early_exit = kwargs.get("assistant_early_exit") or getattr(generation_config, "assistant_early_exit", None)
+        if early_exit is None:
+            return base_generate(inputs, generation_config, logits_processor=processors, **kwargs)
+        # early-exit self-speculation makes this model its own assistant, which must draft with its first
+        # layers, not with SPACE, whatever its generation config says
+        saved = getattr(model.generation_config, "use_space", None)
+        model.generation_config.use_space = False
+        try:
+            return base_generate(inputs, generation_config, logits_processor=processors, **kwargs)
+        finally:
+            model.generation_config.use_space = saved
     check_space_request(model, inputs, generation_config, kwargs, mask_token_id)
     return base_generate(
         inputs,
