@@ -9,8 +9,10 @@ labels s..s+k all trainable.
 
 Blocks are drawn afresh on every call (so every epoch), from `generator` or torch's global RNG (which
 the Trainer seeds and restores on resume; accelerate's dataloader collates one batch ahead, so after a
-resume the draws differ from an uninterrupted run's, as with any random collator). Output `labels` are per-position TARGETS, already shifted:
-`labels[b, t]` is the token position t must predict, -100 for none.
+resume the draws differ from an uninterrupted run's, as with any random collator).
+
+Output `labels` are per-position TARGETS, already shifted: `labels[b, t]` is the token position t must
+predict, -100 for none.
 
 Single-forward layout (modes "full" and "lora"): per row, with probability `sar_probability`, SAR blocks:
 
