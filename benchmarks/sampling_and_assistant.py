@@ -73,7 +73,7 @@ def assistant_rows(space_model, tokenizer, prompts, max_new_tokens: int) -> list
     identical = True
     for prompt in prompts:
         inputs = encode(tokenizer, prompt)
-        common = dict(max_new_tokens=max_new_tokens, do_sample=False, suppress_tokens=[mask_id])
+        common = dict(max_new_tokens=max_new_tokens, do_sample=False, suppress_tokens=[mask_id], use_cache=True)
         reference, seconds = timed(target.generate, **inputs, **common)
         results["target alone"][0] += seconds
         results["target alone"][1] += reference.shape[1] - inputs["input_ids"].shape[1]
