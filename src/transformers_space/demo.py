@@ -39,7 +39,12 @@ def run(args: argparse.Namespace) -> int:
     folder = args.adapter or str(files("transformers_space.hub_configs") / SHIPPED_ADAPTER)
     print(f"Loading SmolLM2-135M-Instruct with the SPACE adapter from {folder} ...")
     model, tokenizer = load_space_adapter(folder, dtype=torch.float32)
-    layout = args.num_mask_tokens if args.num_mask_tokens == "auto" else int(args.num_mask_tokens)
+    from .autotune import auto_plan
+    from .planning import SpaceLayoutPlan
+
+    # choose the layout (this measures the machine) before any timing
+    plan = auto_plan(model) if args.num_mask_tokens == "auto" else SpaceLayoutPlan.full(int(args.num_mask_tokens))
+    print(f"Layout for this machine: {plan.to_dict()}")
     totals = {"plain": 0.0, "space": 0.0, "tokens": 0}
     for prompt in args.prompt or DEMO_PROMPTS:
         text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
@@ -50,8 +55,7 @@ def run(args: argparse.Namespace) -> int:
         plain = model.generate(**inputs, use_space=False, **common)
         plain_seconds = time.perf_counter() - start
         start = time.perf_counter()
-        space = model.generate(**inputs, use_space=True, num_mask_tokens=layout, return_dict_in_generate=True,
-                               **common)
+        space = model.generate(**inputs, use_space=True, space_layout=plan, return_dict_in_generate=True, **common)
         space_seconds = time.perf_counter() - start
         new = space.sequences[0, inputs["input_ids"].shape[1] :]
         counts = space.tokens_per_pass[0]

@@ -183,9 +183,16 @@ def load_space_adapter(folder: str | Path, model=None, tokenizer=None, **from_pr
             base = default_model_dir()
         model = AutoModelForCausalLM.from_pretrained(base, **from_pretrained_kwargs)
         tokenizer = tokenizer or AutoTokenizer.from_pretrained(base)
-    space_config = {k: v for k, v in settings["space_config"].items() if k not in ("mask_token_id", "version")}
-    num_mask_tokens = space_config.pop("num_mask_tokens")
-    model = add_space_support(model, tokenizer, num_mask_tokens, **space_config)
+    from dataclasses import fields
+
+    from .configuration import SpaceConfig
+
+    saved = settings["space_config"]
+    settable = {f.name for f in fields(SpaceConfig)} - {"mask_token_id", "version", "num_mask_tokens"}
+    model = add_space_support(model, tokenizer, saved["num_mask_tokens"],
+                              **{k: v for k, v in saved.items() if k in settable})
+    measured = {k: v for k, v in saved.items() if k not in settable | {"mask_token_id", "version", "num_mask_tokens"}}
+    model.config.space_config = {**model.config.space_config, **measured}  # e.g. calibrated acceptance rates
     if model.config.space_config["mask_token_id"] != settings["space_config"]["mask_token_id"]:
         raise ValueError(
             f"The base gives the mask token id {model.config.space_config['mask_token_id']}, the adapter was "
