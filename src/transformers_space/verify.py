@@ -27,19 +27,14 @@ def greedy_verify(
     fresh token). candidates: [batch, n]. active: [batch] bool, rows taking part. next_token is the argmax
     at the first rejected position, or after the last candidate (the bonus token).
     """
-    accepted, next_token, still = _start(verify_logits, active)
-    scores = []
-    for depth in range(verify_logits.shape[1]):
-        if not still.any():
-            break
-        scores.append(score_fn(depth, verify_logits[:, depth], still))
-        predicted = scores[-1].argmax(-1)
+
+    def rule(depth: int, scores: torch.Tensor, still: torch.Tensor):
+        predicted = scores.argmax(-1)
         has_candidate = depth < candidates.shape[1]
         match = still & (candidates[:, depth] == predicted) if has_candidate else torch.zeros_like(still)
-        next_token = torch.where(still & ~match, predicted, next_token)
-        accepted += match.long()
-        still = match
-    return accepted, next_token, scores
+        return match, predicted
+
+    return _verify_depths(verify_logits, score_fn, active, rule)
 
 
 def sampling_verify(
@@ -57,13 +52,9 @@ def sampling_verify(
     is drawn from p. (transformers' `_speculative_sampling` is the same rule for batch size 1 with every p
     computed up front; here p is computed depth by depth, only for rows still accepting.)
     """
-    accepted, next_token, still = _start(verify_logits, active)
-    scores = []
-    for depth in range(verify_logits.shape[1]):
-        if not still.any():
-            break
-        scores.append(score_fn(depth, verify_logits[:, depth], still))
-        p = scores[-1].softmax(-1)
+
+    def rule(depth: int, scores: torch.Tensor, still: torch.Tensor):
+        p = scores.softmax(-1)
         if depth < candidates.shape[1]:
             candidate = candidates[:, depth : depth + 1]
             q = candidate_probs[:, depth]
@@ -73,12 +64,13 @@ def sampling_verify(
         else:
             match = torch.zeros_like(still)
             replacement = p
+        drawn = torch.zeros(p.shape[0], dtype=torch.long, device=p.device)
         drawing = still & ~match
         if drawing.any():
-            next_token[drawing] = torch.multinomial(replacement[drawing], 1).squeeze(1)
-        accepted += match.long()
-        still = match
-    return accepted, next_token, scores
+            drawn[drawing] = torch.multinomial(replacement[drawing], 1).squeeze(1)
+        return match, drawn
+
+    return _verify_depths(verify_logits, score_fn, active, rule)
 
 
 def residual_distribution(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -92,8 +84,20 @@ def residual_distribution(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return torch.where(total > 1e-12, residual / total.clamp_min(1e-30), p)
 
 
-def _start(verify_logits: torch.Tensor, active: torch.Tensor):
+def _verify_depths(verify_logits: torch.Tensor, score_fn: ScoreFn, active: torch.Tensor, rule):
+    """The depth loop both rules share: score each depth for the rows still accepting, and let
+    `rule(depth, scores, still) -> (match, emitted)` say which rows keep their candidate and what a row that
+    stops there emits."""
     batch = verify_logits.shape[0]
     accepted = torch.zeros(batch, dtype=torch.long, device=verify_logits.device)
     next_token = torch.zeros(batch, dtype=torch.long, device=verify_logits.device)
-    return accepted, next_token, active.clone()
+    still, scores = active.clone(), []
+    for depth in range(verify_logits.shape[1]):
+        if not still.any():
+            break
+        scores.append(score_fn(depth, verify_logits[:, depth], still))
+        match, emitted = rule(depth, scores[-1], still)
+        next_token = torch.where(still & ~match, emitted, next_token)
+        accepted += match.long()
+        still = match
+    return accepted, next_token, scores
