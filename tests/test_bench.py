@@ -140,6 +140,15 @@ def test_space_layout_is_chosen_and_recorded(target):
         BenchSettings(space_num_mask_tokens=0)
 
 
+def test_space_default_kernel_runs_the_same_layout_through_f_linear(target):
+    settings = BenchSettings(methods=("space", "space_default_kernel"), max_new_tokens=10, warmup_tokens=2,
+                             space_num_mask_tokens=2, progress=False)
+    results = run_benchmark(target, tiny_tokenizer(), {"code": tiny_suites()["code"][:2]}, settings)
+    layouts = {r["method"]: r["space_layout"] for r in rows(results) if "space_layout" in r}
+    assert layouts["space_default_kernel"] == {**layouts["space"], "weights_first": False}
+    assert all(r["matches_plain"] for r in rows(results))
+
+
 def test_pass_counter_counts_body_calls():
     model = tiny_model("llama", num_hidden_layers=2)
     ids = torch.tensor([[3, 4, 5]])

@@ -61,10 +61,13 @@ def test_choice_follows_the_hardware():
 
 
 PLANS = [SpaceLayoutPlan(0, ()), SpaceLayoutPlan(3, (0,)), SpaceLayoutPlan(3, (0, 3)), SpaceLayoutPlan(2, (0, 1)),
-         SpaceLayoutPlan(1, (0,)), SpaceLayoutPlan(3, (0, 1, 3))]
+         SpaceLayoutPlan(1, (0,)), SpaceLayoutPlan(3, (0, 1, 3)), SpaceLayoutPlan(3, (0, 1, 2, 3), weights_first=True),
+         SpaceLayoutPlan(2, (0,), weights_first=True)]
 
 
-@pytest.mark.parametrize("plan", PLANS, ids=lambda p: f"{p.num_masks}-{'_'.join(map(str, p.groups))}")
+@pytest.mark.parametrize(
+    "plan", PLANS, ids=lambda p: f"{p.num_masks}-{'_'.join(map(str, p.groups))}{'-wf' if p.weights_first else ''}"
+)
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen3"])
 def test_every_plan_is_lossless(plan, arch, verification_log):
     for seed in range(3):
@@ -83,7 +86,7 @@ def test_num_mask_tokens_argument():
     model = tiny_model("llama", seed=0, num_mask_tokens=3, drafty=True)
     prompt = random_prompts(1, 5, 0)
     out = model.generate(prompt, max_new_tokens=12, use_space=True, num_mask_tokens=2, return_dict_in_generate=True)
-    assert out.space_layout == {"num_masks": 2, "groups": [0, 1, 2]}
+    assert out.space_layout == {"num_masks": 2, "groups": [0, 1, 2], "weights_first": False}
     with pytest.raises(ValueError, match="trained with 3"):
         model.generate(prompt, max_new_tokens=5, use_space=True, num_mask_tokens=4)
     with pytest.raises(ValueError, match="positive int or"):

@@ -13,11 +13,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import torch
 
 from .compat import cache_argument_name, new_cache
 from .decoding import forward_block, space_settings
+from .kernels import weights_first_products
 from .layout import build_pass_layout
 from .planning import SpaceLayoutPlan, acceptance_rates, choose_plan, expected_speedup
 
@@ -28,9 +30,11 @@ MEASURED_TOKEN_COUNTS = (1, 2, 4, 8, 12, 16, 24, 32, 40, 48)
 
 @torch.no_grad()
 def measure_pass_costs(
-    model, token_counts: Sequence[int] = MEASURED_TOKEN_COUNTS, context_length: int = 128, repeats: int = 3
+    model, token_counts: Sequence[int] = MEASURED_TOKEN_COUNTS, context_length: int = 128, repeats: int = 3,
+    weights_first: bool = False,
 ) -> dict[int, float]:
-    """Median seconds of one pass (body on all tokens, LM head on up to 2k+1 rows) per token count."""
+    """Median seconds of one pass (body on all tokens, LM head on up to 2k+1 rows) per token count, with the
+    linear layers in `F.linear`'s orientation or weights-first (`kernels.py`)."""
     mask_token_id, trained_masks = space_settings(model)
     device = model.get_input_embeddings().weight.device
     generator = torch.Generator().manual_seed(0)
@@ -48,8 +52,9 @@ def measure_pass_costs(
         timings = []
         for _ in range(repeats + 1):  # the first run warms up
             start = time.perf_counter()
-            hidden = forward_block(model, layout, cache, cache_positions)
-            head(hidden[:, :read])
+            with weights_first_products(weights_first):
+                hidden = forward_block(model, layout, cache, cache_positions)
+                head(hidden[:, :read])
             timings.append(time.perf_counter() - start)
             cache.crop(-count)
         costs[count] = sorted(timings[1:])[len(timings[1:]) // 2]
@@ -99,11 +104,19 @@ def auto_plan(model) -> SpaceLayoutPlan:
             "`transformers_space.autotune.calibrate_acceptance`); using every group with %d masks.", trained_masks
         )
         return SpaceLayoutPlan.full(trained_masks)
-    if getattr(model, "_space_pass_costs", None) is None:
-        model._space_pass_costs = measure_pass_costs(model)
-    cost = cost_function(model._space_pass_costs)
-    plan = choose_plan(trained_masks, rates, cost)
-    speedup = expected_speedup(plan, rates, cost)
+    if getattr(model, "_space_pass_costs", None) is None:  # {weights_first: {tokens: seconds}}
+        model._space_pass_costs = {
+            orientation: measure_pass_costs(model, weights_first=orientation) for orientation in (False, True)
+        }
+    plan, speedup = SpaceLayoutPlan(0, ()), 1.0
+    for orientation, costs in model._space_pass_costs.items():
+        cost = cost_function(costs)
+        # relative to plain decoding, which runs 1-token passes through F.linear whatever this plan does
+        plain_cost = cost_function(model._space_pass_costs[False])(1)
+        candidate = replace(choose_plan(trained_masks, rates, cost), weights_first=orientation)
+        candidate_speedup = expected_speedup(candidate, rates, cost) * plain_cost / cost(1)
+        if candidate_speedup > speedup + 1e-12:
+            plan, speedup = candidate, candidate_speedup
     logger.info("SPACE layout chosen for this machine: %s (expected speedup %.2fx)", plan.to_dict(), speedup)
     if speedup < 1:
         logger.warning("On this machine plain decoding is expected to be faster (best SPACE layout: %.2fx).", speedup)

@@ -6,6 +6,10 @@ One process, one model, one set of prompts, one machine: plain greedy `generate`
 Greedy, batch size 1, a warm-up call per method before timing, and the methods alternate per prompt
 (their order rotates from one prompt to the next), so slow drifts of a shared machine hit all of them alike.
 
+`space_default_kernel` (opt-in) runs SPACE's layout with the linear layers in F.linear's orientation
+instead of the weights-first product `auto` may choose (`kernels.py`): the gap between the two SPACE rows is
+what that kernel choice gains, the rest is drafting.
+
 Per method and suite: tokens/s (generated tokens / wall time), mean tokens per forward pass of the
 TARGET model, speedup over plain greedy (median of per-prompt tokens/s ratios, and the ratio of total
 tokens/s, which is the total-time ratio whenever the outputs match), and whether every output matched
@@ -42,7 +46,7 @@ from .prompts import SUITES, Prompt
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("plain", "space", "prompt_lookup", "early_exit", "draft")
+METHODS = ("plain", "space", "space_default_kernel", "prompt_lookup", "early_exit", "draft")
 DEFAULT_METHODS = ("plain", "space", "prompt_lookup", "early_exit")
 REFERENCE = "plain"
 
@@ -132,6 +136,16 @@ def method_kwargs(method: str, settings: BenchSettings, model, draft_model=None)
         if settings.space_num_mask_tokens is not None:
             kwargs["num_mask_tokens"] = settings.space_num_mask_tokens
         return kwargs
+    if method == "space_default_kernel":  # `space`'s layout with F.linear's orientation: what the kernel adds
+        from dataclasses import replace
+
+        from .decoding import space_settings
+        from .generation import space_layout_request
+        from .planning import SpaceLayoutPlan
+
+        plan = space_layout_request(model, settings.space_num_mask_tokens, None)
+        plan = replace(plan or SpaceLayoutPlan.full(space_settings(model)[1]), weights_first=False)
+        return {"use_space": True, "return_dict_in_generate": True, "space_layout": plan}
     if method == "prompt_lookup":
         kwargs = {"use_space": False, "prompt_lookup_num_tokens": settings.prompt_lookup_num_tokens}
         if settings.max_matching_ngram_size is not None:

@@ -25,6 +25,7 @@ from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from .candidates import SpaceCandidateGenerator
 from .compat import cache_argument_name, crop_cache, new_cache, user_cache_from_kwargs
+from .kernels import weights_first_products
 from .layout import (
     INVALID,
     PassLayout,
@@ -99,10 +100,11 @@ def space_decoding(
             state.fresh_ids, state.fresh_positions, state.candidates, state.cache_positions, mask_token_id,
             plan.num_masks, group_after=group_after, position_limit=position_limit,
         )
-        hidden = forward_block(model, layout, state.cache, state.cache_positions)
+        with weights_first_products(plan.weights_first):
+            hidden = forward_block(model, layout, state.cache, state.cache_positions)
+            verify_logits = head(hidden[:, layout.verify_rows]).float()
         active = layout.block_positions[:, layout.num_fresh - 1] >= 0
         scorer = VerificationScorer(logits_processor, mask_token_id, state.rows.verified(state.sequences), state)
-        verify_logits = head(hidden[:, layout.verify_rows]).float()
         if sampling:
             accepted, next_token, scores = sampling_verify(
                 verify_logits, state.candidates, state.candidate_probs, scorer, active
@@ -117,7 +119,8 @@ def space_decoding(
         if not state.unfinished.any():
             break
         rows = draft_rows(layout, group_after, accepted, active)
-        drafter.set_draft_logits(group_logits(head, hidden, rows))
+        with weights_first_products(plan.weights_first):
+            drafter.set_draft_logits(group_logits(head, hidden, rows))
         drafts, draft_scores = drafter.get_candidates(state.rows.verified(state.sequences)[0])
         candidates = drafts[:, drafts.shape[1] - rows.shape[1] :]
         state.advance(layout, accepted, next_token, candidates, draft_scores, generation_config)

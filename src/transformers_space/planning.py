@@ -24,6 +24,7 @@ from dataclasses import dataclass
 class SpaceLayoutPlan:
     num_masks: int  # masks per group = the most candidates a pass verifies
     groups: tuple[int, ...]  # candidate counts after which a mask group runs; always holds 0
+    weights_first: bool = False  # run the pass's linear layers as W @ x^T (kernels.py); a CPU speed choice
 
     def __post_init__(self) -> None:
         groups = tuple(self.groups)
@@ -57,7 +58,7 @@ class SpaceLayoutPlan:
         return accepted - max(group for group in self.groups if group <= accepted)
 
     def to_dict(self) -> dict:
-        return {"num_masks": self.num_masks, "groups": list(self.groups)}
+        return {"num_masks": self.num_masks, "groups": list(self.groups), "weights_first": self.weights_first}
 
 
 def acceptance_rates(accepted_counts: Sequence[int], num_candidates: int) -> list[float]:

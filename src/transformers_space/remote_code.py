@@ -19,7 +19,7 @@ from pathlib import Path
 HERE = Path(__file__).parent
 # The decoding core: what `custom_generate/generate.py` imports, directly or not.
 CORE_MODULES = (
-    "autotune.py", "candidates.py", "compat.py", "decoding.py", "gated.py", "generation.py", "layout.py",
+    "autotune.py", "candidates.py", "compat.py", "decoding.py", "gated.py", "generation.py", "kernels.py", "layout.py",
     "modeling_space.py", "planning.py", "remote_code.py", "verify.py",
 )
 
