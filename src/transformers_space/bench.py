@@ -574,20 +574,25 @@ def save_results(results: dict, output_dir: str | Path) -> dict[str, Path]:
 
 
 def load_model(path: str | Path | None = None, num_mask_tokens: int = 4):
-    """(model, tokenizer) in fp32 with sdpa attention and SPACE support; default: the offline default model.
+    """(model, tokenizer) in fp32 with sdpa attention and SPACE support; default: the offline default model
+    with the shipped gated adapter (as the demo).
 
-    A SPACE model folder (its config has `space_config`) loads with `AutoSpaceModelForCausalLM`; a plain
-    model gets `add_space_support(model, tokenizer, num_mask_tokens)`.
+    A gated adapter folder (`save_space_adapter`) loads onto its base; a SPACE model folder (its config has
+    `space_config`) loads with `AutoSpaceModelForCausalLM`; a plain model gets `add_space_support(model,
+    tokenizer, num_mask_tokens)` (untrained masks: a baseline, not a speed-up).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .assets import default_model_dir
-    from .hub import AutoSpaceModelForCausalLM
+    from .hub import ADAPTER_CONFIG, AutoSpaceModelForCausalLM, load_space_adapter, shipped_adapter_dir
     from .modeling import add_space_support
 
-    folder = Path(path) if path is not None else default_model_dir()
-    tokenizer = AutoTokenizer.from_pretrained(folder, padding_side="left")
+    folder = Path(path) if path is not None else shipped_adapter_dir()
     options = {"dtype": torch.float32, "attn_implementation": "sdpa"}
+    if (folder / ADAPTER_CONFIG).is_file():
+        model, tokenizer = load_space_adapter(folder, **options)
+        tokenizer.padding_side = "left"
+        return model.eval(), tokenizer
+    tokenizer = AutoTokenizer.from_pretrained(folder, padding_side="left")
     if _is_space_folder(folder):
         model = AutoSpaceModelForCausalLM.from_pretrained(folder, **options)
     else:
@@ -638,7 +643,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "bench", help="Benchmark SPACE against plain greedy, prompt lookup, early exit and a draft model."
     )
-    parser.add_argument("--model", help="SPACE model folder, or a plain model folder (default: the offline model).")
+    parser.add_argument("--model", help="Gated adapter folder, SPACE model folder, or plain model folder (default: "
+                        "the offline SmolLM2-135M-Instruct with the shipped adapter).")
     parser.add_argument("--num-mask-tokens", type=int, default=4, help="For a plain model: add_space_support's k.")
     parser.add_argument("--space-num-mask-tokens", type=_int_or_auto,
                         help='SPACE layout at generate time: masks per group, or "auto" (default: as trained).')

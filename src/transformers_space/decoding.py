@@ -102,7 +102,8 @@ def space_decoding(
         )
         with weights_first_products(plan.weights_first):
             hidden = forward_block(model, layout, state.cache, state.cache_positions)
-            verify_logits = head(hidden[:, layout.verify_rows]).float()
+            logits = PassLogits(head, hidden, layout)
+        verify_logits = logits.verify()
         active = layout.block_positions[:, layout.num_fresh - 1] >= 0
         scorer = VerificationScorer(logits_processor, mask_token_id, state.rows.verified(state.sequences), state)
         if sampling:
@@ -120,7 +121,7 @@ def space_decoding(
             break
         rows = draft_rows(layout, group_after, accepted, active)
         with weights_first_products(plan.weights_first):
-            drafter.set_draft_logits(group_logits(head, hidden, rows))
+            drafter.set_draft_logits(logits.drafts(rows))
         drafts, draft_scores = drafter.get_candidates(state.rows.verified(state.sequences)[0])
         candidates = drafts[:, drafts.shape[1] - rows.shape[1] :]
         state.advance(layout, accepted, next_token, candidates, draft_scores, generation_config)
@@ -282,10 +283,39 @@ def resolve_plan(space_layout, trained_masks: int) -> SpaceLayoutPlan:
     return plan
 
 
-def group_logits(head, hidden: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """Logits [batch, n, vocab] of the draft rows (see `draft_rows`): only they go through the LM head."""
-    group_hidden = hidden.gather(1, rows[..., None].expand(-1, -1, hidden.shape[-1]))
-    return head(group_hidden).float()
+class PassLogits:
+    """The LM head on the rows of a pass that are read: the verify rows, then the chosen drafts' rows.
+
+    Which mask rows hold the next drafts is known only after verification. When the pass has few rows
+    (MERGED_HEAD_ROWS), the head runs ONCE on the verify rows and every mask row: on a CPU a second call
+    for one or two rows costs about as much as the first (the head is ~20% of a small model's weights).
+    Otherwise the head runs twice, on exactly the rows read.
+    """
+
+    MERGED_HEAD_ROWS = 16
+
+    def __init__(self, head, hidden: torch.Tensor, layout: PassLayout):
+        self.head, self.hidden = head, hidden
+        self.num_verify = layout.verify_rows.shape[0]
+        mask_rows = layout.group_rows.flatten()
+        self.merged = self.num_verify + mask_rows.shape[0] <= self.MERGED_HEAD_ROWS
+        rows = torch.cat([layout.verify_rows, mask_rows]) if self.merged else layout.verify_rows
+        self.logits = head(hidden[:, rows]).float()
+        if self.merged:  # block row -> column of self.logits
+            self.column = torch.full((hidden.shape[1],), -1, dtype=torch.long, device=hidden.device)
+            self.column[rows] = torch.arange(rows.shape[0], device=hidden.device)
+
+    def verify(self) -> torch.Tensor:
+        """[batch, num_candidates + 1, vocab]."""
+        return self.logits[:, : self.num_verify]
+
+    def drafts(self, rows: torch.Tensor) -> torch.Tensor:
+        """[batch, n, vocab] logits of the draft rows [batch, n] (see `draft_rows`)."""
+        if self.merged:
+            columns = self.column[rows]
+            return self.logits.gather(1, columns[..., None].expand(-1, -1, self.logits.shape[-1]))
+        group_hidden = self.hidden.gather(1, rows[..., None].expand(-1, -1, self.hidden.shape[-1]))
+        return self.head(group_hidden).float()
 
 
 class VerificationScorer:

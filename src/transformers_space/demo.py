@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from importlib.resources import files
 
-SHIPPED_ADAPTER = "smollm2-135m-space-gated"
 DEMO_PROMPTS = (
     "Write a Python function that returns the n-th Fibonacci number, with a docstring.",
     "Explain in three sentences why the sky is blue.",
@@ -33,10 +31,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from .hub import load_space_adapter
+    from .hub import load_space_adapter, shipped_adapter_dir
 
     torch.set_num_threads(args.threads)
-    folder = args.adapter or str(files("transformers_space.hub_configs") / SHIPPED_ADAPTER)
+    folder = args.adapter or str(shipped_adapter_dir())
     print(f"Loading SmolLM2-135M-Instruct with the SPACE adapter from {folder} ...")
     model, tokenizer = load_space_adapter(folder, dtype=torch.float32)
     from .autotune import auto_plan

@@ -41,6 +41,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -102,7 +103,10 @@ class GatedLoraAdapter(nn.Module):
         nn.init.zeros_(self.lora_B.weight)
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:  # rows: [num_masks, in_features]
-        return self.lora_B(self.lora_A(self.dropout(rows.to(self.lora_A.weight.dtype)))) * self.scaling
+        rows = rows.to(self.lora_A.weight.dtype)
+        if not (torch.is_grad_enabled() or self.training):  # decoding: skip module-call overhead (~210 per pass)
+            return F.linear(F.linear(rows, self.lora_A.weight), self.lora_B.weight) * self.scaling
+        return self.lora_B(self.lora_A(self.dropout(rows))) * self.scaling
 
 
 class GatedMaskEmbedding(nn.Module):

@@ -138,6 +138,14 @@ def run(args) -> int:
 
 ADAPTER_WEIGHTS = "space_adapter.safetensors"
 ADAPTER_CONFIG = "space_adapter_config.json"
+SHIPPED_ADAPTER = "smollm2-135m-space-gated"  # in hub_configs/: the default model's trained adapter
+
+
+def shipped_adapter_dir() -> Path:
+    """The gated adapter for the offline default model that ships with the package (package data)."""
+    from importlib.resources import files
+
+    return Path(str(files("transformers_space.hub_configs") / SHIPPED_ADAPTER))
 DEFAULT_BASE = "transformers-space:default"  # the offline SmolLM2-135M-Instruct of `assets.py`
 
 

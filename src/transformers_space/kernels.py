@@ -26,13 +26,15 @@ import torch
 import torch.nn.functional as F
 
 MAX_ROWS = 64  # the skinny shapes of decoding passes; `autotune` measures up to 48 tokens
+MIN_WEIGHT_SIDE = 64  # low-rank adapter matrices gain nothing; they keep F.linear
 _DEFAULT_LINEAR = torch._C._nn.linear  # what F.linear is; never a patched version, whatever is imported when
 
 
 def weights_first_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """`F.linear(x, weight, bias)` computed as (weight @ x^T)^T for up to MAX_ROWS rows on CPU; longer
-    inputs (a prompt's prefill) and other devices use F.linear itself."""
-    if x.device.type != "cpu" or x.dim() < 2 or weight.dim() != 2 or x.numel() > MAX_ROWS * x.shape[-1]:
+    inputs (a prompt's prefill), thin weights (adapters) and other devices use F.linear itself."""
+    if (x.device.type != "cpu" or x.dim() < 2 or weight.dim() != 2 or min(weight.shape) < MIN_WEIGHT_SIDE
+            or x.numel() > MAX_ROWS * x.shape[-1]):
         return _DEFAULT_LINEAR(x, weight, bias)
     rows = x.reshape(-1, x.shape[-1])
     out = torch.mm(weight, rows.t()).t().contiguous().reshape(*x.shape[:-1], weight.shape[0])
