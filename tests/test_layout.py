@@ -11,6 +11,7 @@ from transformers_space.layout import (
     block_structure,
     build_pass_layout,
     cache_positions_after_pass,
+    draft_rows,
     prompt_positions,
     restrict_to_window,
 )
@@ -134,3 +135,25 @@ def test_one_pass_equals_plain_model_on_each_prefix(arch):
             for j, row in enumerate(layout.group_rows[group].tolist()):
                 tokens = torch.cat([chain[:, : 10 + after], masks[:, : j + 1]], 1)
                 torch.testing.assert_close(hidden[0, row], plain_last(tokens), atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("merged_limit", [16, 0], ids=["one-head-call", "two-head-calls"])
+def test_pass_logits_read_the_rows_draft_rows_names(merged_limit, monkeypatch):
+    from transformers_space.decoding import PassLogits
+
+    monkeypatch.setattr(PassLogits, "MERGED_HEAD_ROWS", merged_limit)
+    group_after = [0, 1, 2]
+    layout = build_pass_layout(
+        torch.tensor([[5], [6]]), torch.tensor([[7], [9]]), torch.tensor([[3, 4], [8, 2]]),
+        torch.arange(9)[None].expand(2, -1), mask_token_id=1, num_masks=2, group_after=group_after,
+    )
+    generator = torch.Generator().manual_seed(0)
+    head = torch.nn.Linear(8, 11, bias=False, dtype=torch.float64)
+    hidden = torch.randn(2, layout.input_ids.shape[1], 8, generator=generator, dtype=torch.float64)
+    logits = PassLogits(head, hidden, layout)
+    assert logits.merged == (merged_limit == 16)
+    torch.testing.assert_close(logits.verify(), head(hidden[:, layout.verify_rows]).float())
+    for accepted in ([0, 2], [1, 1], [2, 0]):
+        rows = draft_rows(layout, group_after, torch.tensor(accepted), torch.tensor([True, True]))
+        expected = head(hidden.gather(1, rows[..., None].expand(-1, -1, 8))).float()
+        torch.testing.assert_close(logits.drafts(rows), expected)

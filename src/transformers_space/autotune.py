@@ -108,11 +108,11 @@ def auto_plan(model) -> SpaceLayoutPlan:
         model._space_pass_costs = {
             orientation: measure_pass_costs(model, weights_first=orientation) for orientation in (False, True)
         }
+    # speed-ups relative to plain decoding, which runs 1-token passes through F.linear whatever SPACE does
+    plain_cost = cost_function(model._space_pass_costs[False])(1)
     plan, speedup = SpaceLayoutPlan(0, ()), 1.0
     for orientation, costs in model._space_pass_costs.items():
         cost = cost_function(costs)
-        # relative to plain decoding, which runs 1-token passes through F.linear whatever this plan does
-        plain_cost = cost_function(model._space_pass_costs[False])(1)
         candidate = replace(choose_plan(trained_masks, rates, cost), weights_first=orientation)
         candidate_speedup = expected_speedup(candidate, rates, cost) * plain_cost / cost(1)
         if candidate_speedup > speedup + 1e-12:
