@@ -34,7 +34,10 @@ def measure_pass_costs(
     weights_first: bool = False,
 ) -> dict[int, float]:
     """Median seconds of one pass (body on all tokens, LM head on up to 2k+1 rows) per token count, with the
-    linear layers in `F.linear`'s orientation or weights-first (`kernels.py`)."""
+    linear layers in `F.linear`'s orientation or weights-first (`kernels.py`).
+
+    The second half of each block of 2 or more tokens is mask tokens, as in a SPACE pass, so that a gated
+    model's adapters (which run at mask positions only) are part of the cost."""
     mask_token_id, trained_masks = space_settings(model)
     device = model.get_input_embeddings().weight.device
     generator = torch.Generator().manual_seed(0)
@@ -46,6 +49,7 @@ def measure_pass_costs(
     costs = {}
     for count in token_counts:
         fresh = torch.randint(0, mask_token_id, (1, count), generator=generator).to(device)
+        fresh[:, count - count // 2 :] = mask_token_id
         positions = torch.arange(context_length, context_length + count, device=device)[None]
         layout = build_pass_layout(fresh, positions, fresh[:, :0], cache_positions, mask_token_id, 1, [])
         read = min(count, 2 * trained_masks + 1)

@@ -18,6 +18,11 @@ What is installed (`install_gated_adapters`):
 - on the decoder body, a forward pre-hook that forgets the previous forward's mask positions, so a
   forward fed `inputs_embeds` (the embedding is not called) runs the plain base model.
 
+Decoding takes a faster path (~10 ms of a ~62 ms SmolLM2 pass on 2 CPU cores): when gradients are off and
+every row of the batch has its masks in the same contiguous columns (`mask_column_span`; SPACE's layout puts
+the mask groups last), the delta is computed on that column slice and added in place with one `baddbmm_`,
+instead of advanced indexing and `index_put` on a copy of the output. Only mask rows change either way.
+
 Which positions are masks, and why comparing token ids is exact here: the mask token id never appears in
 a model's `input_ids` except at mask positions. SPACE decoding refuses prompts that contain it and never
 generates or drafts it (it is suppressed in plain decoding too), and `SpaceTrainer` refuses training rows
@@ -41,7 +46,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -75,17 +79,29 @@ class MaskPositions:
     def __init__(self, mask_token_id: int):
         self.mask_token_id = mask_token_id
         self.where: tuple[torch.Tensor, torch.Tensor] | None = None  # (batch indices, sequence indices)
+        self.span: tuple[int, int] | None = None  # (start, stop) columns when `mask_column_span` finds one
         self.shape: torch.Size | None = None  # [batch, sequence] of the recorded input_ids
         self.hook_handles: list = []
 
     def record(self, input_ids: torch.Tensor) -> None:
         is_mask = input_ids == self.mask_token_id  # [batch, sequence]
         self.where = torch.nonzero(is_mask, as_tuple=True) if bool(is_mask.any()) else None
+        self.span = mask_column_span(is_mask) if self.where is not None else None
         self.shape = input_ids.shape
 
     def clear(self) -> None:
         self.where = None
+        self.span = None
         self.shape = None
+
+
+def mask_column_span(is_mask: torch.Tensor) -> tuple[int, int] | None:
+    """(start, stop) when every row of `is_mask` [batch, sequence] is True exactly on columns start..stop-1."""
+    columns = torch.nonzero(is_mask[0]).flatten()
+    if columns.numel() == 0 or not bool((is_mask == is_mask[:1]).all()):
+        return None
+    start, stop = int(columns[0]), int(columns[-1]) + 1
+    return (start, stop) if stop - start == columns.numel() else None
 
 
 class GatedLoraAdapter(nn.Module):
@@ -104,8 +120,6 @@ class GatedLoraAdapter(nn.Module):
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:  # rows: [num_masks, in_features]
         rows = rows.to(self.lora_A.weight.dtype)
-        if not (torch.is_grad_enabled() or self.training):  # decoding: skip module-call overhead (~210 per pass)
-            return F.linear(F.linear(rows, self.lora_A.weight), self.lora_B.weight) * self.scaling
         return self.lora_B(self.lora_A(self.dropout(rows))) * self.scaling
 
 
@@ -135,6 +149,14 @@ def _add_gated_delta(module: nn.Module, args: tuple, output: torch.Tensor) -> to
             f"Gated SPACE adapter: layer input of shape {tuple(hidden.shape)} does not match the input_ids "
             f"shape {tuple(adapter.positions.shape)} recorded for this forward."
         )
+    span = adapter.positions.span
+    if span is not None and not (torch.is_grad_enabled() or adapter.training) and (
+            hidden.dtype == output.dtype == adapter.lora_A.weight.dtype):
+        start, stop = span  # decoding: delta on the mask columns, added in place (see module docstring)
+        low_rank = torch.matmul(hidden[:, start:stop], adapter.lora_A.weight.t())  # [batch, masks, rank]
+        up = adapter.lora_B.weight.t().expand(hidden.shape[0], -1, -1)  # [batch, rank, out_features]
+        output[:, start:stop].baddbmm_(low_rank, up, alpha=adapter.scaling)
+        return output
     delta = adapter(hidden[where]).to(output.dtype)  # [num_masks, out_features]
     return output.index_put(where, delta, accumulate=True)
 

@@ -1,0 +1,92 @@
+"""Gated adapters: the decoding fast path (mask columns, in-place) agrees with the training path (index_put),
+ordinary rows stay the base model's bit for bit, and SPACE decoding with gated adapters stays lossless."""
+
+import copy
+import random
+
+import pytest
+import torch
+from test_lossless import assert_lossless
+from tiny_models import left_padded, random_prompts, tiny_model
+
+from transformers_space import add_space_support
+from transformers_space.gated import mask_column_span, remove_gated_adapters
+
+
+def gated_model(arch: str, seed: int, num_mask_tokens: int = 2, noise: float = 0.3):
+    """A tiny drafty model with gated adapters made random (untrained ones add nothing: B = 0); small `noise`
+    keeps the drafts often right."""
+    model = tiny_model(arch, seed=seed, num_mask_tokens=num_mask_tokens, drafty=True)
+    add_space_support(model, num_mask_tokens=num_mask_tokens, mode="gated")
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "space_" in name:
+                param.add_(noise * torch.randn(param.shape, generator=generator))
+    return model.eval()
+
+
+@pytest.mark.parametrize(
+    "rows, span",
+    [
+        ([[0, 0, 1, 1]], (2, 4)),
+        ([[0, 1, 0, 0], [0, 1, 0, 0]], (1, 2)),
+        ([[1, 1, 1]], (0, 3)),
+        ([[0, 1, 0, 1]], None),  # not contiguous
+        ([[0, 1, 1, 0], [0, 0, 1, 1]], None),  # rows differ
+        ([[0, 0, 0]], None),
+    ],
+)
+def test_mask_column_span(rows, span):
+    assert mask_column_span(torch.tensor(rows, dtype=torch.bool)) == span
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gpt_neox", "phi3"])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_decoding_path_matches_training_path(arch, batch):
+    """Masks in one column span: no-grad forwards take the in-place path; it gives the index_put path's logits
+    at mask rows (to float rounding) and the plain base model's logits, bit for bit, everywhere else."""
+    model = gated_model(arch, seed=batch)
+    mask_id = model.config.space_config["mask_token_id"]
+    ids = random_prompts(batch, 9, seed=batch)
+    ids[:, 6:9] = mask_id
+    positions = model.get_input_embeddings().space_mask.positions
+    with torch.no_grad():
+        fast = model(ids).logits
+    assert positions.span == (6, 9)
+    with torch.enable_grad():
+        reference = model(ids).logits.detach()
+    base = remove_gated_adapters(copy.deepcopy(model))
+    with torch.no_grad():
+        base_logits = base(ids).logits
+    assert torch.allclose(fast, reference, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(fast[:, 6:], base_logits[:, 6:], atol=1e-3), "the adapters changed nothing"
+    assert torch.equal(fast[:, :6], base_logits[:, :6])
+
+
+def test_scattered_masks_take_the_index_path():
+    model = gated_model("llama", seed=0)
+    mask_id = model.config.space_config["mask_token_id"]
+    ids = random_prompts(2, 8, seed=0)
+    ids[0, [2, 5]] = mask_id
+    ids[1, 3] = mask_id
+    with torch.no_grad():
+        logits = model(ids).logits
+    assert model.get_input_embeddings().space_mask.positions.span is None
+    with torch.enable_grad():
+        assert torch.equal(logits, model(ids).logits.detach())
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2", "gpt_neox", "phi3", "mistral"])
+def test_gated_space_decoding_is_lossless(arch, verification_log):
+    """Random gated adapters (so drafts differ from the base model's), every layout family, batches with padding."""
+    rng = random.Random(arch)
+    for seed in range(3):
+        model = gated_model(arch, seed=seed, num_mask_tokens=3, noise=0.02)
+        prompt = random_prompts(1, rng.randint(1, 16), seed=rng.randrange(10**6))
+        for layout in (None, {"num_masks": 1, "groups": [0], "weights_first": True},
+                       {"num_masks": 3, "groups": [0, 2], "weights_first": False}):
+            assert_lossless(model, prompt, max_new_tokens=rng.randint(1, 30), space_layout=layout)
+        ids, mask = left_padded([rng.randint(1, 10) for _ in range(3)], seed)
+        assert_lossless(model, ids, attention_mask=mask, max_new_tokens=20, eos_token_id=3 + seed, pad_token_id=0)
+    assert max(verification_log.counts()) >= 1, "no draft was ever accepted"
