@@ -1,10 +1,13 @@
-"""The weights-first product (kernels.py): same values as F.linear, confined to its context."""
+"""The CPU pass kernels (kernels.py): weights-first products with F.linear's values, grouped-query attention
+with repeat_kv's values bit for bit; both confined to their contexts."""
 
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_models import random_prompts, tiny_model
+from transformers.integrations import sdpa_attention
 
-from transformers_space.kernels import MAX_ROWS, weights_first_linear, weights_first_products
+from transformers_space.kernels import MAX_ROWS, grouped_query_attention, weights_first_linear, weights_first_products
 
 
 @pytest.mark.parametrize("shape", [(1, 24), (5, 24), (2, 7, 24), (3, 1, 24)])
@@ -37,3 +40,21 @@ def test_context_switches_nn_linear_and_always_restores():
     assert F.linear is original
     with weights_first_products(enabled=False):
         assert F.linear is original
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "gemma"])
+def test_grouped_query_attention_is_bit_identical(arch):
+    """4 query heads on 2 key/value heads, a float 4D mask (as every SPACE pass has): with and without the copy."""
+    model = tiny_model(arch, seed=3)
+    ids = random_prompts(2, 11, seed=3)
+    visible = torch.ones(11, 11, dtype=torch.bool).tril()
+    visible[7:, 3:7] = False  # a SPACE-like hole: later rows do not see some earlier ones
+    mask = torch.zeros(2, 1, 11, 11).masked_fill(~visible, torch.finfo(torch.float32).min)
+    default = sdpa_attention.use_gqa_in_sdpa
+    with torch.no_grad():
+        copied = model(ids, attention_mask=mask).logits
+        with grouped_query_attention():
+            assert sdpa_attention.use_gqa_in_sdpa is not default
+            grouped = model(ids, attention_mask=mask).logits
+    assert sdpa_attention.use_gqa_in_sdpa is default
+    assert torch.equal(grouped, copied)

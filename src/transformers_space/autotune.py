@@ -19,7 +19,7 @@ import torch
 
 from .compat import cache_argument_name, new_cache
 from .decoding import forward_block, space_settings
-from .kernels import weights_first_products
+from .kernels import pass_kernels
 from .layout import build_pass_layout
 from .planning import SpaceLayoutPlan, acceptance_rates, choose_plan, expected_speedup
 
@@ -56,7 +56,7 @@ def measure_pass_costs(
         timings = []
         for _ in range(repeats + 1):  # the first run warms up
             start = time.perf_counter()
-            with weights_first_products(weights_first):
+            with pass_kernels(weights_first):
                 hidden = forward_block(model, layout, cache, cache_positions)
                 head(hidden[:, :read])
             timings.append(time.perf_counter() - start)
