@@ -18,8 +18,9 @@ The second CPU choice here, `grouped_query_attention()`, is made for every SPACE
 SDPA attention copies the cached keys and values once per query head group (`repeat_kv`) whenever a mask
 is given, because GPU kernels would otherwise fall back to the math kernel; plain decoding's 1-token passes
 avoid the copy another way. On a CPU, `enable_gqa=True` with a mask gives bit-identical outputs without the
-copy (~2 ms of a ~60 ms SmolLM2 pass here). It swaps transformers' `use_gqa_in_sdpa` for the pass's duration;
-releases without that function are left as they are.
+copy (~3 ms of a ~65 ms SmolLM2 pass here). It swaps transformers' `use_gqa_in_sdpa` for the pass's duration,
+process-wide like the weights-first switch (harmless to other threads: the values are the same); releases
+without that function are left as they are.
 
 Imports only torch and transformers (it ships as remote code).
 """
