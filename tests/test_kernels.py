@@ -43,8 +43,16 @@ def test_context_switches_nn_linear_and_always_restores():
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3", "gemma"])
-def test_grouped_query_attention_is_bit_identical(arch):
+def test_grouped_query_attention_is_bit_identical(arch, monkeypatch):
     """4 query heads on 2 key/value heads, a float 4D mask (as every SPACE pass has): with and without the copy."""
+    key_heads = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(query, key, value, **kwargs):
+        key_heads.append((key.shape[1], kwargs.get("enable_gqa", False)))
+        return sdpa(query, key, value, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
     model = tiny_model(arch, seed=3)
     ids = random_prompts(2, 11, seed=3)
     visible = torch.ones(11, 11, dtype=torch.bool).tril()
@@ -58,3 +66,5 @@ def test_grouped_query_attention_is_bit_identical(arch):
             grouped = model(ids, attention_mask=mask).logits
     assert sdpa_attention.use_gqa_in_sdpa is default
     assert torch.equal(grouped, copied)
+    layers = len(key_heads) // 2
+    assert key_heads == [(4, False)] * layers + [(2, True)] * layers  # the copy really was skipped
