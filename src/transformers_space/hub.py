@@ -139,6 +139,7 @@ def run(args) -> int:
 ADAPTER_WEIGHTS = "space_adapter.safetensors"
 ADAPTER_CONFIG = "space_adapter_config.json"
 SHIPPED_ADAPTER = "smollm2-135m-space-gated"  # in hub_configs/: the default model's trained adapter
+DEFAULT_BASE = "transformers-space:default"  # the offline SmolLM2-135M-Instruct of `assets.py`
 
 
 def shipped_adapter_dir() -> Path:
@@ -146,7 +147,6 @@ def shipped_adapter_dir() -> Path:
     from importlib.resources import files
 
     return Path(str(files("transformers_space.hub_configs") / SHIPPED_ADAPTER))
-DEFAULT_BASE = "transformers-space:default"  # the offline SmolLM2-135M-Instruct of `assets.py`
 
 
 def save_space_adapter(model, folder: str | Path, base_model: str | None = None) -> Path:

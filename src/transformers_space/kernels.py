@@ -38,6 +38,7 @@ from transformers.integrations import sdpa_attention
 MAX_ROWS = 64  # the skinny shapes of decoding passes; `autotune` measures up to 48 tokens
 MIN_WEIGHT_SIDE = 64  # low-rank adapter matrices gain nothing; they keep F.linear
 _DEFAULT_LINEAR = torch._C._nn.linear  # what F.linear is; never a patched version, whatever is imported when
+_SDPA_HAS_ENABLE_GQA = tuple(int(part) for part in torch.__version__.split(".")[:2]) >= (2, 5)
 
 
 def weights_first_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -73,7 +74,7 @@ def _grouped_on_cpu(attention_mask, key, value, *, default):
 def grouped_query_attention() -> Iterator[None]:
     """While open, SDPA attention on CPU tensors runs grouped-query heads without copying keys and values."""
     default = getattr(sdpa_attention, "use_gqa_in_sdpa", None)
-    if default is None or tuple(int(part) for part in torch.__version__.split(".")[:2]) < (2, 5):
+    if default is None or not _SDPA_HAS_ENABLE_GQA:
         yield  # no such hook in this transformers release, or torch's SDPA has no enable_gqa yet
         return
     sdpa_attention.use_gqa_in_sdpa = functools.partial(_grouped_on_cpu, default=default)
