@@ -1,5 +1,6 @@
-"""Gated adapters: the decoding fast path (mask columns, in-place) agrees with the training path (index_put),
-ordinary rows stay the base model's bit for bit, and SPACE decoding with gated adapters stays lossless."""
+"""Gated adapters: the decoding fast path (prepared weights, shared products, mask columns in place) agrees
+with the training path (index_put), ordinary rows stay the base model's bit for bit, and SPACE decoding with
+gated adapters stays lossless."""
 
 import copy
 import random
@@ -9,8 +10,8 @@ import torch
 from test_lossless import assert_lossless
 from tiny_models import left_padded, random_prompts, tiny_model
 
-from transformers_space import add_space_support
-from transformers_space.gated import mask_column_span, remove_gated_adapters
+from transformers_space import add_space_support, gated
+from transformers_space.gated import decoding_products, mask_column_span, remove_gated_adapters
 
 
 def gated_model(arch: str, seed: int, num_mask_tokens: int = 2, noise: float = 0.3):
@@ -41,19 +42,39 @@ def test_mask_column_span(rows, span):
     assert mask_column_span(torch.tensor(rows, dtype=torch.bool)) == span
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2", "gpt_neox", "phi3"])
+class ProductSpy:
+    """Counts the decoding path's low-rank lookups, and how many of them computed a new product."""
+
+    def __init__(self, monkeypatch):
+        self.lookups = self.products = 0
+        original = gated.SharedLowRank.parts_for
+
+        def parts_for(shared, hidden, start, stop):
+            self.lookups += 1
+            self.products += hidden is not shared.input
+            return original(shared, hidden, start, stop)
+
+        monkeypatch.setattr(gated.SharedLowRank, "parts_for", parts_for)
+
+
+@pytest.mark.parametrize("arch, adapters_per_layer, products_per_layer",
+                         [("llama", 7, 4), ("gpt2", 4, 4), ("gpt_neox", 4, 4), ("phi3", 4, 4)])
 @pytest.mark.parametrize("batch", [1, 3])
-def test_decoding_path_matches_training_path(arch, batch):
-    """Masks in one column span: no-grad forwards take the in-place path; it gives the index_put path's logits
-    at mask rows (to float rounding) and the plain base model's logits, bit for bit, everywhere else."""
+def test_decoding_path_matches_training_path(arch, adapters_per_layer, products_per_layer, batch, monkeypatch):
+    """Masks in one column span, inside `decoding_products`: the fast path gives the index_put path's logits at
+    mask rows (to float rounding) and the plain base model's logits, bit for bit, everywhere else; layers that
+    read one input (llama's q/k/v and gate/up) share one low-rank product."""
     model = gated_model(arch, seed=batch)
     mask_id = model.config.space_config["mask_token_id"]
     ids = random_prompts(batch, 9, seed=batch)
     ids[:, 6:9] = mask_id
     positions = model.get_input_embeddings().space_mask.positions
-    with torch.no_grad():
+    spy = ProductSpy(monkeypatch)
+    with torch.no_grad(), decoding_products(model):
         fast = model(ids).logits
+    layers = model.config.num_hidden_layers
     assert positions.span == (6, 9)
+    assert (spy.lookups, spy.products) == (adapters_per_layer * layers, products_per_layer * layers)
     with torch.enable_grad():
         reference = model(ids).logits.detach()
     base = remove_gated_adapters(copy.deepcopy(model))
@@ -62,6 +83,41 @@ def test_decoding_path_matches_training_path(arch, batch):
     assert torch.allclose(fast, reference, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(fast[:, 6:], base_logits[:, 6:], atol=1e-3), "the adapters changed nothing"
     assert torch.equal(fast[:, :6], base_logits[:, :6])
+
+
+def test_layers_fed_other_inputs_compute_their_own_product():
+    """The shared product is reused only for the very tensor it was computed from."""
+    model = gated_model("llama", seed=0)
+    mask_id = model.config.space_config["mask_token_id"]
+    attention = model.model.layers[0].self_attn
+    ids = torch.tensor([[5, 6, mask_id]])
+    first, second = torch.randn(2, 1, 3, model.config.hidden_size).unbind(0)
+    with torch.no_grad():
+        model.get_input_embeddings()(ids)  # records the mask positions, as a forward does
+        expected = attention.k_proj(second)  # index_put path
+        with decoding_products(model):
+            attention.q_proj(first)
+            assert torch.allclose(attention.k_proj(second), expected, atol=1e-6)
+            assert torch.equal(attention.k_proj(second)[:, :2], expected[:, :2])
+
+
+def test_decoding_products_copy_weights_on_entry_and_release_them():
+    model = gated_model("llama", seed=0)
+    mask_id = model.config.space_config["mask_token_id"]
+    ids = random_prompts(1, 6, seed=0)
+    ids[:, 4:] = mask_id
+    adapters = [module for module in model.modules() if isinstance(module, gated.GatedLoraAdapter)]
+    with torch.no_grad():
+        with decoding_products(model):
+            with decoding_products(model):  # nested: the outer preparation stays
+                pass
+            assert all(adapter.prepared is not None for adapter in adapters)
+        assert all(adapter.prepared is None for adapter in adapters)
+        adapters[0].lora_B.weight.add_(1.0)  # weights changed between two generate calls
+        with decoding_products(model):
+            fast = model(ids).logits
+    with torch.enable_grad():
+        assert torch.allclose(fast, model(ids).logits.detach(), atol=1e-5, rtol=1e-5)
 
 
 def test_scattered_masks_take_the_index_path():

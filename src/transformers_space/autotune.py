@@ -19,6 +19,7 @@ import torch
 
 from .compat import cache_argument_name, new_cache
 from .decoding import forward_block, space_settings
+from .gated import decoding_products
 from .kernels import pass_kernels
 from .layout import build_pass_layout
 from .planning import SpaceLayoutPlan, acceptance_rates, choose_plan, expected_speedup
@@ -56,7 +57,7 @@ def measure_pass_costs(
         timings = []
         for _ in range(repeats + 1):  # the first run warms up
             start = time.perf_counter()
-            with pass_kernels(weights_first):
+            with pass_kernels(weights_first), decoding_products(model):
                 hidden = forward_block(model, layout, cache, cache_positions)
                 head(hidden[:, :read])
             timings.append(time.perf_counter() - start)

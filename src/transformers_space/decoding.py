@@ -25,6 +25,7 @@ from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from .candidates import SpaceCandidateGenerator
 from .compat import cache_argument_name, crop_cache, new_cache, user_cache_from_kwargs
+from .gated import decoding_products
 from .kernels import pass_kernels
 from .layout import (
     INVALID,
@@ -94,37 +95,38 @@ def space_decoding(
     drafter = SpaceCandidateGenerator(mask_token_id, plan.num_masks, logits_processor, sampling)
     head = model.get_output_embeddings()
     position_limit = getattr(model.config, "n_positions", None)
-    while True:
-        group_after = plan.groups_for(state.candidates.shape[1])
-        layout = build_pass_layout(
-            state.fresh_ids, state.fresh_positions, state.candidates, state.cache_positions, mask_token_id,
-            plan.num_masks, group_after=group_after, position_limit=position_limit,
-        )
-        with pass_kernels(plan.weights_first):
-            hidden = forward_block(model, layout, state.cache, state.cache_positions)
-            logits = PassLogits(head, hidden, layout)
-        verify_logits = logits.verify()
-        active = layout.block_positions[:, layout.num_fresh - 1] >= 0
-        scorer = VerificationScorer(logits_processor, mask_token_id, state.rows.verified(state.sequences), state)
-        if sampling:
-            accepted, next_token, scores = sampling_verify(
-                verify_logits, state.candidates, state.candidate_probs, scorer, active
+    with decoding_products(model):
+        while True:
+            group_after = plan.groups_for(state.candidates.shape[1])
+            layout = build_pass_layout(
+                state.fresh_ids, state.fresh_positions, state.candidates, state.cache_positions, mask_token_id,
+                plan.num_masks, group_after=group_after, position_limit=position_limit,
             )
-        else:
-            accepted, next_token, scores = greedy_verify(verify_logits, state.candidates, scorer, active)
-        drafter.update_candidate_strategy(state.sequences, None, accepted[active])
-        state.rows.emit(state.candidates, accepted, next_token, active, scores, verify_logits)
-        new_columns = state.commit(stopping_criteria)
-        if streamer is not None and new_columns is not None:
-            streamer.put(new_columns.cpu())
-        if not state.unfinished.any():
-            break
-        rows = draft_rows(layout, group_after, accepted, active)
-        with pass_kernels(plan.weights_first):
-            drafter.set_draft_logits(logits.drafts(rows))
-        drafts, draft_scores = drafter.get_candidates(state.rows.verified(state.sequences)[0])
-        candidates = drafts[:, drafts.shape[1] - rows.shape[1] :]
-        state.advance(layout, accepted, next_token, candidates, draft_scores, generation_config)
+            with pass_kernels(plan.weights_first):
+                hidden = forward_block(model, layout, state.cache, state.cache_positions)
+                logits = PassLogits(head, hidden, layout)
+            verify_logits = logits.verify()
+            active = layout.block_positions[:, layout.num_fresh - 1] >= 0
+            scorer = VerificationScorer(logits_processor, mask_token_id, state.rows.verified(state.sequences), state)
+            if sampling:
+                accepted, next_token, scores = sampling_verify(
+                    verify_logits, state.candidates, state.candidate_probs, scorer, active
+                )
+            else:
+                accepted, next_token, scores = greedy_verify(verify_logits, state.candidates, scorer, active)
+            drafter.update_candidate_strategy(state.sequences, None, accepted[active])
+            state.rows.emit(state.candidates, accepted, next_token, active, scores, verify_logits)
+            new_columns = state.commit(stopping_criteria)
+            if streamer is not None and new_columns is not None:
+                streamer.put(new_columns.cpu())
+            if not state.unfinished.any():
+                break
+            rows = draft_rows(layout, group_after, accepted, active)
+            with pass_kernels(plan.weights_first):
+                drafter.set_draft_logits(logits.drafts(rows))
+            drafts, draft_scores = drafter.get_candidates(state.rows.verified(state.sequences)[0])
+            candidates = drafts[:, drafts.shape[1] - rows.shape[1] :]
+            state.advance(layout, accepted, next_token, candidates, draft_scores, generation_config)
     if streamer is not None:
         streamer.end()
     return state.output(generation_config, plan)

@@ -18,10 +18,14 @@ What is installed (`install_gated_adapters`):
 - on the decoder body, a forward pre-hook that forgets the previous forward's mask positions, so a
   forward fed `inputs_embeds` (the embedding is not called) runs the plain base model.
 
-Decoding takes a faster path (~8% of a SmolLM2 pass on 2 CPU cores, BENCHMARKS.md): when gradients are off and
-every row of the batch has its masks in the same contiguous columns (`mask_column_span`; SPACE's layout puts
-the mask groups last), the delta is computed on that column slice and added in place with one `baddbmm_`,
-instead of advanced indexing and `index_put` on a copy of the output. Only mask rows change either way.
+Decoding takes a faster path (`decoding_products`, opened by SPACE decoding around its loop). A SPACE pass
+has only a few mask rows, so each adapter's two small products cost far less than the ~8 tensor operations
+around them; on a 2-core CPU the 210 adapters of SmolLM2 took ~11 ms of a ~52 ms pass. While the context is
+open (and gradients are off, the model not training, every row's masks in the same contiguous columns, as
+SPACE's layout puts them: `mask_column_span`), each adapter reads pre-transposed, pre-scaled copies of its
+weights; adapters whose layers read the same input (q/k/v, gate/up: `SHARED_INPUT_TARGETS`) share one
+product with their stacked A matrices; and the delta is added in place on the mask columns with one
+`addmm_`/`baddbmm_` instead of advanced indexing and `index_put` on a copy. Only mask rows change either way.
 
 Which positions are masks, and why comparing token ids is exact here: the mask token id never appears in
 a model's `input_ids` except at mask positions. SPACE decoding refuses prompts that contain it and never
@@ -43,7 +47,9 @@ Imports only torch, transformers and sibling modules (it ships as remote code).
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -62,6 +68,9 @@ DEFAULT_TARGET_MODULES = {
     "gpt2": ("c_attn", "c_proj", "c_fc"),
     "gpt_neox": ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"),
 }
+# Sibling layers that are called with the same input tensor; checked by identity at run time, so a model that
+# does otherwise is still right, only slower.
+SHARED_INPUT_TARGETS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 
 def default_target_modules(model) -> list[str]:
@@ -115,6 +124,7 @@ class GatedLoraAdapter(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.scaling = alpha / rank
         self.positions = positions
+        self.prepared: PreparedDelta | None = None  # set while `decoding_products` is open
         nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
         nn.init.zeros_(self.lora_B.weight)
 
@@ -137,28 +147,95 @@ class GatedMaskEmbedding(nn.Module):
         return self.weight
 
 
+class SharedLowRank:
+    """The first product of a group of adapters whose layers read the same input: x @ [A_1; A_2; ...]^T."""
+
+    def __init__(self, stacked_a_t: torch.Tensor, ranks: list[int]):
+        self.stacked_a_t = stacked_a_t  # [in_features, sum of ranks]
+        self.ranks = ranks
+        self.input: torch.Tensor | None = None  # the layer input the parts were computed from
+        self.parts: tuple[torch.Tensor, ...] = ()  # per member: [(batch,) masks, rank]
+
+    def parts_for(self, hidden: torch.Tensor, start: int, stop: int) -> tuple[torch.Tensor, ...]:
+        if hidden is not self.input:
+            rows = hidden[0, start:stop] if hidden.shape[0] == 1 else hidden[:, start:stop]
+            self.parts = torch.matmul(rows, self.stacked_a_t).split(self.ranks, dim=-1)
+            self.input = hidden
+        return self.parts
+
+
+class PreparedDelta:
+    """One adapter's weights as decoding uses them: its share of a `SharedLowRank`, and scaling * B^T."""
+
+    def __init__(self, shared: SharedLowRank, member: int, scaled_b_t: torch.Tensor):
+        self.shared, self.member, self.scaled_b_t = shared, member, scaled_b_t
+
+
 def _add_gated_delta(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
     """Forward hook of a target layer: output + delta at the mask rows, the untouched output elsewhere."""
     adapter = module.space_adapter
-    where = adapter.positions.where
-    if where is None:
+    positions = adapter.positions
+    if positions.where is None:
         return output
     hidden = args[0]  # [batch, sequence, in_features]
-    if hidden.shape[:-1] != adapter.positions.shape:
+    if hidden.shape[:-1] != positions.shape:
         raise RuntimeError(
             f"Gated SPACE adapter: layer input of shape {tuple(hidden.shape)} does not match the input_ids "
-            f"shape {tuple(adapter.positions.shape)} recorded for this forward."
+            f"shape {tuple(positions.shape)} recorded for this forward."
         )
-    span = adapter.positions.span
-    if span is not None and not (torch.is_grad_enabled() or adapter.training) and (
-            hidden.dtype == output.dtype == adapter.lora_A.weight.dtype):
-        start, stop = span  # decoding: delta on the mask columns, added in place (see module docstring)
-        low_rank = torch.matmul(hidden[:, start:stop], adapter.lora_A.weight.t())  # [batch, masks, rank]
-        up = adapter.lora_B.weight.t().expand(hidden.shape[0], -1, -1)  # [batch, rank, out_features]
-        output[:, start:stop].baddbmm_(low_rank, up, alpha=adapter.scaling)
+    prepared = adapter.prepared
+    if (prepared is not None and positions.span is not None and not (torch.is_grad_enabled() or adapter.training)
+            and hidden.dtype == output.dtype == prepared.scaled_b_t.dtype):
+        start, stop = positions.span  # decoding: see the module docstring
+        low_rank = prepared.shared.parts_for(hidden, start, stop)[prepared.member]
+        if hidden.shape[0] == 1:
+            output[0, start:stop].addmm_(low_rank, prepared.scaled_b_t)
+        else:
+            output[:, start:stop].baddbmm_(low_rank, prepared.scaled_b_t.expand(hidden.shape[0], -1, -1))
         return output
-    delta = adapter(hidden[where]).to(output.dtype)  # [num_masks, out_features]
-    return output.index_put(where, delta, accumulate=True)
+    delta = adapter(hidden[positions.where]).to(output.dtype)  # [num_masks, out_features]
+    return output.index_put(positions.where, delta, accumulate=True)
+
+
+@contextlib.contextmanager
+def decoding_products(model) -> Iterator[None]:
+    """While open, the gated adapters of `model` take the decoding fast path (module docstring); they use
+    copies of their weights made on entry, so do not train inside. Nothing happens for models without gated
+    adapters, or when already open."""
+    adapters = [module.space_adapter for module in _adapted_layers(model)] if has_gated_adapters(model) else []
+    if not adapters or adapters[0].prepared is not None:
+        yield
+        return
+    try:
+        with torch.no_grad():
+            for group in _shared_input_groups(model):
+                stacked_a_t = torch.cat([adapter.lora_A.weight for adapter in group]).t().contiguous()
+                shared = SharedLowRank(stacked_a_t, [adapter.lora_A.weight.shape[0] for adapter in group])
+                for member, adapter in enumerate(group):
+                    scaled_b_t = (adapter.lora_B.weight.t() * adapter.scaling).contiguous()
+                    adapter.prepared = PreparedDelta(shared, member, scaled_b_t)
+        yield
+    finally:
+        for adapter in adapters:
+            adapter.prepared = None
+
+
+def _adapted_layers(model) -> list[nn.Module]:
+    return [module for module in model.base_model.modules() if isinstance(
+        getattr(module, "space_adapter", None), GatedLoraAdapter)]
+
+
+def _shared_input_groups(model) -> list[list[GatedLoraAdapter]]:
+    """The adapters grouped by shared input: siblings named in one entry of SHARED_INPUT_TARGETS; others alone."""
+    groups: dict[tuple[str, int | str], list[GatedLoraAdapter]] = {}
+    for name, module in model.base_model.named_modules():
+        adapter = getattr(module, "space_adapter", None)
+        if not isinstance(adapter, GatedLoraAdapter):
+            continue
+        parent, _, leaf = name.rpartition(".")
+        shared = [index for index, names in enumerate(SHARED_INPUT_TARGETS) if leaf in names]
+        groups.setdefault((parent, shared[0]) if shared else (name, leaf), []).append(adapter)
+    return list(groups.values())
 
 
 def _use_mask_embedding(module: nn.Module, args: tuple, kwargs: dict, output: torch.Tensor) -> torch.Tensor:
