@@ -120,6 +120,35 @@ def test_decoding_products_copy_weights_on_entry_and_release_them():
         assert torch.allclose(fast, model(ids).logits.detach(), atol=1e-5, rtol=1e-5)
 
 
+def test_layer_hooks_are_attached_only_while_forwards_hold_masks():
+    """Plain forwards of a gated model run no adapter hook at all (plain decoding at the original speed)."""
+    model = gated_model("llama", seed=0)
+    layers = model.get_input_embeddings().space_mask.positions.layers
+    plain = random_prompts(2, 6, seed=0)
+    masked = plain.clone()
+    masked[:, 4:] = model.config.space_config["mask_token_id"]
+
+    def hooked() -> list[int]:
+        return sorted({len(layer._forward_hooks) for layer in layers})
+
+    assert len(layers) == 7 * model.config.num_hidden_layers
+    with torch.no_grad():
+        assert hooked() == [0]
+        model(masked)
+        assert hooked() == [1]
+        copied = copy.deepcopy(model)
+        model(plain)
+        assert hooked() == [0]
+        model(masked)
+        model(masked)
+        assert hooked() == [1]
+    remove_gated_adapters(copied)
+    assert hooked() == [1], "removing the adapters of a copy touched the original"
+    assert all(not layer._forward_hooks for layer in copied.modules())
+    remove_gated_adapters(model)
+    assert all(not layer._forward_hooks for layer in model.modules())
+
+
 def test_scattered_masks_take_the_index_path():
     model = gated_model("llama", seed=0)
     mask_id = model.config.space_config["mask_token_id"]
