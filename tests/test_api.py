@@ -129,6 +129,24 @@ def test_custom_generate_without_the_mixin(verification_log):
     assert torch.equal(got, expected) and verification_log.passes
 
 
+def test_outputs_are_ordinary_tensors_callers_can_edit():
+    """The loop runs in inference mode; what it hands back must not be inference tensors."""
+    model = tiny_model("llama", seed=3, num_mask_tokens=3, drafty=True)
+    prompt = random_prompts(2, 6, 3)
+    ids = model.generate(prompt, max_new_tokens=8, do_sample=False, use_space=True)
+    output = model.generate(prompt, max_new_tokens=8, do_sample=False, use_space=True,
+                            return_dict_in_generate=True, output_scores=True, output_logits=True)
+    assert torch.equal(output.sequences, ids)
+    for tensor in (ids, output.sequences, *output.scores, *output.logits):
+        assert not tensor.is_inference()
+    ids[:, -1] = 0
+    output.scores[0].add_(1.0)
+    with torch.enable_grad():  # usable in autograd, as plain generate's outputs are
+        weight = torch.ones(output.logits[0].shape[-1], requires_grad=True)
+        (output.logits[0] @ weight).sum().backward()
+    assert weight.grad is not None
+
+
 def test_text_streamers_with_real_tokenizer():
     tokenizer = tiny_tokenizer()
     model = tiny_model("llama", seed=5, num_mask_tokens=3, drafty=True)

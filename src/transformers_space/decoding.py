@@ -12,6 +12,13 @@ has one for the next column; columns are then committed one at a time through th
 exactly as plain decoding appends them, so finished rows are padded as transformers pads them and
 criteria see exactly the sequences plain decoding would show them.
 
+The loop runs under `torch.inference_mode()`, not only `no_grad`: a SPACE pass of a small model is ~2000
+small tensor operations (210 gated adapters in SmolLM2), and skipping autograd's version counters and
+view tracking made each pass ~8% faster on 2 CPU cores, where plain greedy `generate` measured no faster
+under the same mode (BENCHMARKS.md). The sequences, scores and logits handed back are cloned outside the
+mode (`outside_inference_mode`), so callers can edit them in place as usual; a returned cache (assisted
+generation) holds inference tensors, which transformers only crops and appends to, never edits in place.
+
 Imports only torch, transformers and sibling modules (it ships as remote code).
 """
 
@@ -90,12 +97,12 @@ def space_decoding(
     if space_streamer is not None:
         streamer = space_streamer
         streamer.put(input_ids.cpu())
-    state = DecodingState.start(model, input_ids, model_kwargs, generation_config, logits_processor)
-    sampling = bool(generation_config.do_sample)
-    drafter = SpaceCandidateGenerator(mask_token_id, plan.num_masks, logits_processor, sampling)
-    head = model.get_output_embeddings()
-    position_limit = getattr(model.config, "n_positions", None)
-    with decoding_products(model):
+    with torch.inference_mode(), decoding_products(model):  # see the module docstring
+        state = DecodingState.start(model, input_ids, model_kwargs, generation_config, logits_processor)
+        sampling = bool(generation_config.do_sample)
+        drafter = SpaceCandidateGenerator(mask_token_id, plan.num_masks, logits_processor, sampling)
+        head = model.get_output_embeddings()
+        position_limit = getattr(model.config, "n_positions", None)
         while True:
             group_after = plan.groups_for(state.candidates.shape[1])
             layout = build_pass_layout(
@@ -127,9 +134,22 @@ def space_decoding(
             drafts, draft_scores = drafter.get_candidates(state.rows.verified(state.sequences)[0])
             candidates = drafts[:, drafts.shape[1] - rows.shape[1] :]
             state.advance(layout, accepted, next_token, candidates, draft_scores, generation_config)
-    if streamer is not None:
-        streamer.end()
-    return state.output(generation_config, plan)
+        if streamer is not None:
+            streamer.end()
+        output = state.output(generation_config, plan)
+    return outside_inference_mode(output)
+
+
+def outside_inference_mode(output):
+    """`output` with its sequences, scores and logits cloned outside inference mode (ordinary tensors)."""
+    if isinstance(output, torch.Tensor):
+        return output.clone()
+    output.sequences = output.sequences.clone()
+    for name in ("scores", "logits"):
+        value = getattr(output, name)
+        if value is not None:
+            setattr(output, name, tuple(tensor.clone() for tensor in value))
+    return output
 
 
 class DecodingState:

@@ -94,6 +94,7 @@ class MaskPositions:
         self.shape: torch.Size | None = None  # [batch, sequence] of the recorded input_ids
         self.hook_handles: list = []  # the embedding's and the body's hooks: always attached
         self.layers: list[nn.Module] = []  # the target layers, whose hooks are attached while masks are present
+        self.shared_input_groups: list[list[nn.Module]] = []  # the same layers, see `shared_input_groups`
         self.layer_hook_handles: list = []
 
     def record(self, input_ids: torch.Tensor) -> None:
@@ -173,7 +174,8 @@ class SharedLowRank:
     def parts_for(self, hidden: torch.Tensor, start: int, stop: int) -> tuple[torch.Tensor, ...]:
         if hidden is not self.input:
             rows = hidden[0, start:stop] if hidden.shape[0] == 1 else hidden[:, start:stop]
-            self.parts = torch.matmul(rows, self.stacked_a_t).split(self.ranks, dim=-1)
+            product = torch.matmul(rows, self.stacked_a_t)
+            self.parts = product.split(self.ranks, dim=-1) if len(self.ranks) > 1 else (product,)
             self.input = hidden
         return self.parts
 
@@ -216,16 +218,21 @@ def decoding_products(model) -> Iterator[None]:
     """While open, the gated adapters of `model` take the decoding fast path (module docstring); they use
     copies of their weights made on entry, so do not train inside. Nothing happens for models without gated
     adapters, or when already open."""
-    adapters = [module.space_adapter for module in _adapted_layers(model)] if has_gated_adapters(model) else []
-    if not adapters or adapters[0].prepared is not None:
+    if not has_gated_adapters(model):
+        yield
+        return
+    positions = model.get_input_embeddings().space_mask.positions
+    adapters = [layer.space_adapter for layer in positions.layers]
+    if adapters[0].prepared is not None:
         yield
         return
     try:
         with torch.no_grad():
-            for group in _shared_input_groups(model):
-                stacked_a_t = torch.cat([adapter.lora_A.weight for adapter in group]).t().contiguous()
-                shared = SharedLowRank(stacked_a_t, [adapter.lora_A.weight.shape[0] for adapter in group])
-                for member, adapter in enumerate(group):
+            for group in positions.shared_input_groups:
+                members = [layer.space_adapter for layer in group]
+                stacked_a_t = torch.cat([adapter.lora_A.weight for adapter in members]).t().contiguous()
+                shared = SharedLowRank(stacked_a_t, [adapter.lora_A.weight.shape[0] for adapter in members])
+                for member, adapter in enumerate(members):
                     scaled_b_t = (adapter.lora_B.weight.t() * adapter.scaling).contiguous()
                     adapter.prepared = PreparedDelta(shared, member, scaled_b_t)
         yield
@@ -234,21 +241,14 @@ def decoding_products(model) -> Iterator[None]:
             adapter.prepared = None
 
 
-def _adapted_layers(model) -> list[nn.Module]:
-    return [module for module in model.base_model.modules() if isinstance(
-        getattr(module, "space_adapter", None), GatedLoraAdapter)]
-
-
-def _shared_input_groups(model) -> list[list[GatedLoraAdapter]]:
-    """The adapters grouped by shared input: siblings named in one entry of SHARED_INPUT_TARGETS; others alone."""
-    groups: dict[tuple[str, int | str], list[GatedLoraAdapter]] = {}
-    for name, module in model.base_model.named_modules():
-        adapter = getattr(module, "space_adapter", None)
-        if not isinstance(adapter, GatedLoraAdapter):
-            continue
+def shared_input_groups(named_layers: list[tuple[str, nn.Module]]) -> list[list[nn.Module]]:
+    """The target layers grouped by shared input: siblings named in one entry of SHARED_INPUT_TARGETS; others
+    alone."""
+    groups: dict[tuple[str, int | str], list[nn.Module]] = {}
+    for name, layer in named_layers:
         parent, _, leaf = name.rpartition(".")
         shared = [index for index, names in enumerate(SHARED_INPUT_TARGETS) if leaf in names]
-        groups.setdefault((parent, shared[0]) if shared else (name, leaf), []).append(adapter)
+        groups.setdefault((parent, shared[0]) if shared else (name, leaf), []).append(layer)
     return list(groups.values())
 
 
@@ -307,7 +307,7 @@ def install_gated_adapters(model, space_config: dict):
     targets = _target_layers(model, settings["target_modules"])
     positions = MaskPositions(settings["mask_token_id"])
     model.requires_grad_(False)
-    for layer in targets:
+    for _, layer in targets:
         weight = layer.weight
         in_features, out_features = (weight.shape[0], weight.shape[1]) if isinstance(layer, Conv1D) else (
             weight.shape[1], weight.shape[0])
@@ -316,6 +316,7 @@ def install_gated_adapters(model, space_config: dict):
             dtype=weight.dtype, device=weight.device,
         )
         positions.layers.append(layer)
+    positions.shared_input_groups = shared_input_groups(targets)
     embedding.space_mask = GatedMaskEmbedding(embedding.weight[settings["mask_token_id"]], positions, settings)
     positions.hook_handles.append(embedding.register_forward_hook(_use_mask_embedding, with_kwargs=True))
     positions.hook_handles.append(model.base_model.register_forward_pre_hook(_forget_mask_positions))
@@ -361,9 +362,9 @@ def _is_linear(module: nn.Module) -> bool:
     return isinstance(module, (nn.Linear, Conv1D))
 
 
-def _target_layers(model, target_modules: list[str]) -> list[nn.Module]:
+def _target_layers(model, target_modules: list[str]) -> list[tuple[str, nn.Module]]:
     body = model.base_model
-    layers = [module for name, module in body.named_modules() if _is_linear(module) and
+    layers = [(name, module) for name, module in body.named_modules() if _is_linear(module) and
               name.split(".")[-1] in target_modules]
     if not layers:
         available = sorted({name.split(".")[-1] for name, module in body.named_modules() if _is_linear(module)})
