@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 MEASURED_TOKEN_COUNTS = (1, 2, 4, 8, 12, 16, 24, 32, 40, 48)
 
 
-@torch.no_grad()
+@torch.inference_mode()  # as decoding runs its passes
 def measure_pass_costs(
     model, token_counts: Sequence[int] = MEASURED_TOKEN_COUNTS, context_length: int = 128, repeats: int = 3,
     weights_first: bool = False,
