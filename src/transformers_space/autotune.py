@@ -26,7 +26,7 @@ from .planning import SpaceLayoutPlan, acceptance_rates, choose_plan, expected_s
 
 logger = logging.getLogger(__name__)
 
-MEASURED_TOKEN_COUNTS = (1, 2, 4, 8, 12, 16, 24, 32, 40, 48)
+MEASURED_TOKEN_COUNTS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 40, 48)  # short passes vary most
 
 
 @torch.inference_mode()  # as decoding runs its passes
@@ -34,11 +34,13 @@ def measure_pass_costs(
     model, token_counts: Sequence[int] = MEASURED_TOKEN_COUNTS, context_length: int = 128, repeats: int = 3,
     weights_first: bool = False,
 ) -> dict[int, float]:
-    """Median seconds of one pass (body on all tokens, LM head on up to 2k+1 rows) per token count, with the
-    linear layers in `F.linear`'s orientation or weights-first (`kernels.py`).
+    """Seconds of one pass (body on all tokens, LM head on up to 2k+1 rows) per token count, with the linear
+    layers in `F.linear`'s orientation or weights-first (`kernels.py`).
 
     The second half of each block of 2 or more tokens is mask tokens, as in a SPACE pass, so that a gated
-    model's adapters (which run at mask positions only) are part of the cost."""
+    model's adapters (which run at mask positions only) are part of the cost. The token counts take turns
+    within each of `repeats` rounds and each keeps its fastest round: other load only ever slows a pass, and
+    a burst of it then cannot make one count look dearer than its neighbours and flip the plan."""
     mask_token_id, trained_masks = space_settings(model)
     device = model.get_input_embeddings().weight.device
     generator = torch.Generator().manual_seed(0)
@@ -47,23 +49,25 @@ def measure_pass_costs(
     cache = new_cache()
     body(input_ids=context, use_cache=True, **{cache_argument_name(type(body).forward): cache})
     cache_positions = torch.arange(context_length, device=device)[None]
-    costs = {}
+    layouts = {}
     for count in token_counts:
         fresh = torch.randint(0, mask_token_id, (1, count), generator=generator).to(device)
         fresh[:, count - count // 2 :] = mask_token_id
         positions = torch.arange(context_length, context_length + count, device=device)[None]
         layout = build_pass_layout(fresh, positions, fresh[:, :0], cache_positions, mask_token_id, 1, [])
-        read = min(count, 2 * trained_masks + 1)
-        timings = []
-        for _ in range(repeats + 1):  # the first run warms up
-            start = time.perf_counter()
-            with pass_kernels(weights_first), decoding_products(model):
-                hidden = forward_block(model, layout, cache, cache_positions)
-                head(hidden[:, :read])
-            timings.append(time.perf_counter() - start)
-            cache.crop(-count)
-        costs[count] = sorted(timings[1:])[len(timings[1:]) // 2]
-    return costs
+        layouts[count] = (layout, min(count, 2 * trained_masks + 1))
+    timings: dict[int, list[float]] = {count: [] for count in token_counts}
+    with decoding_products(model):
+        for round_index in range(repeats + 1):  # round 0 warms up
+            for count, (layout, read) in layouts.items():
+                start = time.perf_counter()
+                with pass_kernels(weights_first):
+                    hidden = forward_block(model, layout, cache, cache_positions)
+                    head(hidden[:, :read])
+                if round_index:
+                    timings[count].append(time.perf_counter() - start)
+                cache.crop(-count)
+    return {count: min(seconds) for count, seconds in timings.items()}
 
 
 def cost_function(costs: dict[int, float]) -> Callable[[int], float]:
