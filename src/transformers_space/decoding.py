@@ -14,7 +14,7 @@ criteria see exactly the sequences plain decoding would show them.
 
 The loop runs under `torch.inference_mode()`, not only `no_grad`: a SPACE pass of a small model is ~2000
 small tensor operations (210 gated adapters in SmolLM2), and skipping autograd's version counters and
-view tracking made each pass ~8% faster on 2 CPU cores, where plain greedy `generate` measured no faster
+view tracking made each pass ~8% faster on 2 CPU cores, where plain greedy `generate` gained 0-3%
 under the same mode (BENCHMARKS.md). The sequences, scores and logits handed back are cloned outside the
 mode (`outside_inference_mode`), so callers can edit them in place as usual; a returned cache (assisted
 generation) holds inference tensors, which transformers only crops and appends to, never edits in place.

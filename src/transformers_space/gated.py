@@ -20,17 +20,17 @@ What is installed (`install_gated_adapters`):
 - on the decoder body, a forward pre-hook that forgets the previous forward's mask positions, so a
   forward fed `inputs_embeds` (the embedding is not called) runs the plain base model.
 
-Decoding takes a faster path (`decoding_products`, opened by SPACE decoding around its loop). A SPACE pass
-has only a few mask rows, so each adapter's two small products cost far less than the ~8 tensor operations
-around them; on a 2-core CPU the 210 adapters of SmolLM2 took ~11 ms of a ~52 ms pass, ~7.5 of ~44 on this
-path (BENCHMARKS.md). While the context is
-open (and gradients are off, the model not training, every row's masks in the same contiguous columns, as
-SPACE's layout puts them: `mask_column_span`), each adapter reads pre-transposed, pre-scaled copies of its
-weights; adapters whose layers read the same input (q/k/v, gate/up: `SHARED_INPUT_TARGETS`) share one
-product with their stacked A matrices; and the delta is added in place on the mask columns with one
-`addmm_`/`baddbmm_` instead of advanced indexing and `index_put` on a copy. Only mask rows change either way,
-so even two threads decoding with one model at once (their forwards could pick up each other's shared
-product, which is matched to its input by identity) could only draft worse, never change the output.
+Decoding takes a faster path (`decoding_products`, opened by SPACE decoding around its loop). A SPACE pass has
+only a few mask rows, so each adapter's two small products cost far less than the ~8 tensor operations around
+them; on a 2-core CPU the 210 adapters of SmolLM2 took ~11 ms of a ~52 ms pass, ~7.5 of ~44 on this path
+(BENCHMARKS.md). While the context is open (and gradients are off, the model not training, every row's masks
+in the same contiguous columns, as SPACE's layout puts them: `mask_column_span`), each adapter reads
+pre-transposed, pre-scaled copies of its weights; adapters whose layers read the same input (q/k/v, gate/up:
+`SHARED_INPUT_TARGETS`) share one product with their stacked A matrices; and the delta is added in place on
+the mask columns with one `addmm_`/`baddbmm_` instead of advanced indexing and `index_put` on a copy. Only
+mask rows change either way, so even two threads decoding with one model at once (their forwards could pick up
+each other's shared product, which is matched to its input by identity) could only draft worse, never change
+the output.
 
 Which positions are masks, and why comparing token ids is exact here: the mask token id never appears in
 a model's `input_ids` except at mask positions. SPACE decoding refuses prompts that contain it and never
