@@ -101,23 +101,45 @@ def test_layers_fed_other_inputs_compute_their_own_product():
             assert torch.equal(attention.k_proj(second)[:, :2], expected[:, :2])
 
 
-def test_decoding_products_copy_weights_on_entry_and_release_them():
+def test_decoding_products_are_kept_between_calls_and_remade_when_weights_change():
     model = gated_model("llama", seed=0)
     mask_id = model.config.space_config["mask_token_id"]
     ids = random_prompts(1, 6, seed=0)
     ids[:, 4:] = mask_id
-    adapters = [module for module in model.modules() if isinstance(module, gated.GatedLoraAdapter)]
+    positions = model.get_input_embeddings().space_mask.positions
+    adapters = [layer.space_adapter for layer in positions.layers]
     with torch.no_grad():
         with decoding_products(model):
+            first = [adapter.prepared for adapter in adapters]
             with decoding_products(model):  # nested: the outer preparation stays
-                pass
-            assert all(adapter.prepared is not None for adapter in adapters)
-        assert all(adapter.prepared is None for adapter in adapters)
+                assert positions.decoding
+            assert positions.decoding and all(prepared is not None for prepared in first)
+            model(ids)
+        assert not positions.decoding
+        assert all(shared.input is None for shared in positions.shared_products), "a forward's tensor was kept"
+        with decoding_products(model):  # nothing changed: the same copies
+            assert [adapter.prepared for adapter in adapters] == first
         adapters[0].lora_B.weight.add_(1.0)  # weights changed between two generate calls
         with decoding_products(model):
+            assert adapters[0].prepared is not first[0]
             fast = model(ids).logits
+        outside = model(ids).logits  # context closed: the index_put path, even with copies in memory
     with torch.enable_grad():
-        assert torch.allclose(fast, model(ids).logits.detach(), atol=1e-5, rtol=1e-5)
+        reference = model(ids).logits.detach()
+    assert torch.allclose(fast, reference, atol=1e-5, rtol=1e-5)
+    assert torch.equal(outside, reference)
+
+
+def test_short_generate_calls_reuse_the_copies(monkeypatch):
+    """SPACE as an assistant calls generate for a few tokens at a time; the copies are made once."""
+    model = gated_model("llama", seed=1, num_mask_tokens=2)
+    made = []
+    original = gated._prepare_decoding_products
+    monkeypatch.setattr(gated, "_prepare_decoding_products", lambda positions: made.append(original(positions)))
+    prompt = random_prompts(1, 5, seed=1)
+    outputs = [model.generate(prompt, max_new_tokens=4, do_sample=False, use_space=True) for _ in range(3)]
+    assert len(made) == 1 and all(torch.equal(output, outputs[0]) for output in outputs)
+    assert torch.equal(outputs[0], model.generate(prompt, max_new_tokens=4, do_sample=False))
 
 
 def test_layer_hooks_are_attached_only_while_forwards_hold_masks():
