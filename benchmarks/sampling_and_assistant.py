@@ -5,7 +5,9 @@
 2. `target.generate(assistant_model=...)` with the assistant drafting through SPACE against the same
    assistant without SPACE (plain one-token-per-pass drafting); greedy, outputs checked against plain greedy.
 
-    python benchmarks/sampling_and_assistant.py --model data/smollm2-gated --prompts 3 --max-new-tokens 48
+    python benchmarks/sampling_and_assistant.py --prompts 3 --max-new-tokens 48 --num-mask-tokens auto
+
+`--model` takes what `transformers-space bench` takes (default: the shipped gated adapter on its base).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import time
 import torch
 from transformers import AutoModelForCausalLM
 
-from transformers_space.hub import AutoSpaceModelForCausalLM
+from transformers_space.bench import load_model
 from transformers_space.prompts import load_suites
 
 
@@ -89,17 +91,20 @@ def assistant_rows(space_model, tokenizer, prompts, max_new_tokens: int) -> list
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True)
+    parser.add_argument("--model", default=None, help="Adapter or SPACE model folder (default: shipped adapter).")
+    parser.add_argument("--num-mask-tokens", default=None,
+                        help='SPACE layout of every SPACE call, the assistant too: an int or "auto" (default: as '
+                             'trained).')
     parser.add_argument("--prompts", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out-json", default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from transformers import AutoTokenizer
-
-    model = AutoSpaceModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    model, tokenizer = load_model(args.model)
+    if args.num_mask_tokens is not None:
+        k = args.num_mask_tokens
+        model.generation_config.num_mask_tokens = k if k == "auto" else int(k)
     suites = load_suites(("chat", "code"), limit=args.prompts)
     prompts = [p.text for suite in suites.values() for p in suite]
     model.generate(**encode(tokenizer, prompts[0]), max_new_tokens=4, use_space=True)  # warm-up

@@ -119,6 +119,22 @@ def test_use_space_default_comes_from_generation_config(verification_log):
     assert verification_log.passes == []
 
 
+def test_num_mask_tokens_default_comes_from_generation_config():
+    model = tiny_model("llama", seed=0, num_mask_tokens=3)
+    prompt = random_prompts(1, 4, 0)
+    kwargs = dict(max_new_tokens=6, do_sample=False, use_space=True, return_dict_in_generate=True)
+    assert model.generate(prompt, **kwargs).space_layout["num_masks"] == 3  # trained count
+    model.generation_config.num_mask_tokens = 2
+    assert model.generate(prompt, **kwargs).space_layout["num_masks"] == 2
+    assert model.generate(prompt, **kwargs, num_mask_tokens=1).space_layout["num_masks"] == 1  # the call wins
+    plan = {"num_masks": 1, "groups": [0], "weights_first": False}
+    assert model.generate(prompt, **kwargs, space_layout=plan).space_layout == plan
+    model.generation_config.num_mask_tokens = "fast"
+    with pytest.raises(ValueError, match="positive int or"):
+        model.generate(prompt, **kwargs)
+    model.generate(prompt, max_new_tokens=3, do_sample=False)  # plain decoding ignores it
+
+
 def test_custom_generate_without_the_mixin(verification_log):
     """A model prepared with add_space_support can also be driven through transformers' custom_generate."""
     model = tiny_model("llama", seed=3, num_mask_tokens=3, drafty=True)

@@ -11,6 +11,7 @@ from scipy.stats import chi2_contingency, chisquare
 from tiny_models import random_prompts, tiny_model
 from transformers import AutoModelForCausalLM, StoppingCriteriaList
 
+import transformers_space.decoding as decoding
 import transformers_space.verify as verify
 from transformers_space import SpaceCandidateGenerator
 from transformers_space.verify import residual_distribution, sampling_verify
@@ -213,6 +214,26 @@ def test_space_model_as_assistant_greedy_is_exact(seed, verification_log):
         assert torch.equal(got, expected)
     assert verification_log.passes, "the assistant did not draft with SPACE"
     assert max(verification_log.counts()) >= 2, "the assistant never emitted several tokens in one pass"
+
+
+def test_space_assistant_takes_its_layout_from_its_generation_config(monkeypatch):
+    """transformers calls the assistant's generate itself; `num_mask_tokens` in the assistant's own generation
+    config is how a user picks its layout (e.g. "auto")."""
+    assistant = space_assistant(2, favourite_strength=0.8)
+    assistant.generation_config.num_mask_tokens = 1
+    target = plain_copy(assistant, noise=0.3, seed=2)
+    masks_per_group = []
+    real = decoding.build_pass_layout
+
+    def spy(*args, **kwargs):
+        masks_per_group.append(args[5])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(decoding, "build_pass_layout", spy)
+    prompt = random_prompts(1, 6, 0)
+    kwargs = dict(max_new_tokens=20, do_sample=False, suppress_tokens=[assistant.config.space_config["mask_token_id"]])
+    assert torch.equal(target.generate(prompt, assistant_model=assistant, **kwargs), target.generate(prompt, **kwargs))
+    assert masks_per_group and set(masks_per_group) == {1}
 
 
 def test_space_model_as_assistant_sampling_matches_plain_sampling(verification_log):

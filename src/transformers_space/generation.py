@@ -77,7 +77,10 @@ def space_generate(model, base_generate, inputs=None, generation_config=None, lo
     mask_token_id, _ = space_settings(model)
     if use_space is None:
         use_space = default_use_space(model, generation_config)
-    layout = space_layout_request(model, kwargs.pop("num_mask_tokens", None), kwargs.pop("space_layout", None))
+    num_mask_tokens, space_layout = kwargs.pop("num_mask_tokens", None), kwargs.pop("space_layout", None)
+    if use_space and num_mask_tokens is None and space_layout is None:
+        num_mask_tokens = _own_config(model, generation_config, "num_mask_tokens")
+    layout = space_layout_request(model, num_mask_tokens, space_layout)
     if not use_space:
         processors = LogitsProcessorList(logits_processor or [])
         processors.append(SuppressMaskTokenLogitsProcessor(mask_token_id))
@@ -124,9 +127,15 @@ def default_use_space(model, generation_config: GenerationConfig | None) -> bool
     Assisted generation calls the assistant's `generate` with a copy of the TARGET's config, which knows
     nothing of SPACE; the assistant drafts with SPACE when its own `generation_config.use_space` is True.
     """
+    return bool(_own_config(model, generation_config, "use_space"))
+
+
+def _own_config(model, generation_config: GenerationConfig | None, name: str):
+    """A SPACE setting (`use_space`, `num_mask_tokens`) from the generation config, or None; as an assistant,
+    from the assistant model's own config (see `default_use_space`)."""
     if generation_config is not None and getattr(generation_config, "is_assistant", False):
-        return bool(getattr(model.generation_config, "use_space", False))
-    return bool(getattr(generation_config or model.generation_config, "use_space", False))
+        return getattr(model.generation_config, name, None)
+    return getattr(generation_config or model.generation_config, name, None)
 
 
 def check_space_request(model, inputs, generation_config, kwargs: dict, mask_token_id: int) -> None:
