@@ -20,7 +20,7 @@ import time
 import torch
 from transformers import AutoModelForCausalLM
 
-from transformers_space.bench import load_model
+from transformers_space.bench import int_or_auto, load_model
 from transformers_space.prompts import load_suites
 
 
@@ -92,7 +92,7 @@ def assistant_rows(space_model, tokenizer, prompts, max_new_tokens: int) -> list
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="Adapter or SPACE model folder (default: shipped adapter).")
-    parser.add_argument("--num-mask-tokens", default=None,
+    parser.add_argument("--num-mask-tokens", type=int_or_auto, default=None,
                         help='SPACE layout of every SPACE call, the assistant too: an int or "auto" (default: as '
                              'trained).')
     parser.add_argument("--prompts", type=int, default=3)
@@ -103,8 +103,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model, tokenizer = load_model(args.model)
     if args.num_mask_tokens is not None:
-        k = args.num_mask_tokens
-        model.generation_config.num_mask_tokens = k if k == "auto" else int(k)
+        model.generation_config.num_mask_tokens = args.num_mask_tokens
     suites = load_suites(("chat", "code"), limit=args.prompts)
     prompts = [p.text for suite in suites.values() for p in suite]
     model.generate(**encode(tokenizer, prompts[0]), max_new_tokens=4, use_space=True)  # warm-up

@@ -646,7 +646,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--model", help="Gated adapter folder, SPACE model folder, or plain model folder (default: "
                         "the offline SmolLM2-135M-Instruct with the shipped adapter).")
     parser.add_argument("--num-mask-tokens", type=int, default=4, help="For a plain model: add_space_support's k.")
-    parser.add_argument("--space-num-mask-tokens", type=_int_or_auto,
+    parser.add_argument("--space-num-mask-tokens", type=int_or_auto,
                         help='SPACE layout at generate time: masks per group, or "auto" (default: as trained).')
     parser.add_argument("--draft-model", help="Folder of a draft model with the SAME tokenizer (enables `draft`).")
     parser.add_argument("--suites", nargs="+", default=list(SUITES), choices=SUITES)
@@ -663,7 +663,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
-def _int_or_auto(value: str) -> int | str:
+def int_or_auto(value: str) -> int | str:
+    """argparse type of a `num_mask_tokens` option (this CLI's and the benchmark scripts')."""
     if value == "auto":
         return value
     try:
