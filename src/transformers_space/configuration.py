@@ -21,6 +21,7 @@ SPACE_CONFIG_VERSION = 2
 
 MODES = ("full", "lora", "gated")
 SAMPLE_FORMS = ("one_pass", "truncate")
+MASK_LOSSES = ("cross_entropy", "kl", "mix")
 
 
 @dataclass
@@ -64,6 +65,21 @@ class SpaceConfig:
     mask_loss_weight: float = field(
         default=1.0, metadata={"help": "Weight of the mask-token (SAR) loss next to the ordinary next-token loss."}
     )
+    mask_loss: str = field(
+        default="cross_entropy",
+        metadata={
+            "help": "What each mask learns: 'cross_entropy' toward the data's next tokens (the paper), 'kl' toward "
+            "the distribution the model itself predicts at the mask's target position (the base model in 'gated' "
+            "mode, the model's own detached next-token logits otherwise: greedy acceptance is exactly agreement "
+            "with that model), or 'mix' (`mask_kl_weight` x KL + the rest x cross-entropy). Default "
+            "'cross_entropy': it needs no teacher logits and is the paper's recipe; see BENCHMARKS.md for the "
+            "measured comparison.",
+            "choices": list(MASK_LOSSES),
+        },
+    )
+    mask_kl_weight: float = field(
+        default=0.5, metadata={"help": "Share of the KL term in the 'mix' mask loss (0..1); unused otherwise."}
+    )
     adapter_rank: int = field(default=16, metadata={"help": "Rank of the 'lora' / 'gated' adapters."})
     adapter_alpha: float = field(
         default=32.0, metadata={"help": "Scaling numerator of the adapters (delta scaled by alpha / rank)."}
@@ -89,6 +105,13 @@ class SpaceConfig:
         _check_float(self, "sar_probability", 0.0, 1.0)
         _check_int(self, "blocks_per_sequence", minimum=1)
         _check_float(self, "mask_loss_weight", 0.0, math.inf)
+        _check_choice(self, "mask_loss", MASK_LOSSES)
+        _check_float(self, "mask_kl_weight", 0.0, 1.0)
+        if self.mask_loss != "cross_entropy" and self.mode != "gated" and self.sample_form == "truncate":
+            raise ValueError(
+                f"mask_loss={self.mask_loss!r} needs the model's own logits at each mask's target position, which "
+                "sample_form='truncate' cuts off; use sample_form='one_pass' (or mode='gated')."
+            )
         _check_int(self, "adapter_rank", minimum=1)
         _check_float(self, "adapter_alpha", 0.0, math.inf, include_low=False)
         _check_float(self, "adapter_dropout", 0.0, 1.0, include_high=False)

@@ -25,6 +25,11 @@ class TrainScriptArguments:
         metadata={"help": ".jsonl (one row per line) or .json (a list of rows); each row holds `input_ids` "
                   "(optionally `labels`), `text`, or chat `messages`."}
     )
+    eval_data: str | None = field(
+        default=None,
+        metadata={"help": "Held-out rows in the --data format; evaluated every --eval_steps when --eval_strategy "
+                  "steps: eval_loss and per-mask agreement with the verifying model (eval_sar_agreement_j)."},
+    )
     max_length: int | None = field(default=None, metadata={"help": "Cut rows to at most this many tokens."})
     dtype: str = field(
         default="float32",
@@ -94,12 +99,13 @@ def run(args: argparse.Namespace) -> int:
 
     script, space_config, training_args = parse(args)
     rows = load_rows(script.data)
+    eval_rows = load_rows(script.eval_data) if script.eval_data else None
     tokenizer = AutoTokenizer.from_pretrained(script.model)
     model = load_space_model(
         script.model, dtype=getattr(torch, script.dtype), attn_implementation=script.attn_implementation
     )
     trainer = SpaceTrainer(
-        model=model, args=training_args, train_dataset=rows, processing_class=tokenizer,
+        model=model, args=training_args, train_dataset=rows, eval_dataset=eval_rows, processing_class=tokenizer,
         space_config=space_config, max_length=script.max_length,
     )
     resume = training_args.resume_from_checkpoint

@@ -26,7 +26,10 @@ Single-forward layout (modes "full" and "lora"): per row, with probability `sar_
 Two-pass layout (mode "gated", `two_pass=True`): every row carries blocks, only masks carry loss.
 
   prefix               input_ids [B, P], attention_mask [B, P] (1 real, 0 padding); P = the largest
-                       block start in the batch (masks never look further)
+                       block start in the batch (masks never look further), or that start + k with
+                       `prefix_covers_targets` (the trainer then reads the base model's logits at every
+                       mask's target position s+j, which equals the mask's position id: the teacher of a
+                       distillation loss, and what greedy verification will compare the drafts with)
   masks                mask_input_ids [B, M], mask_position_ids [B, M], labels [B, M],
                        mask_attention_mask [B, 1, M, P + M] over the prefix keys, then the mask keys.
 
@@ -84,6 +87,7 @@ class SpaceDataCollator:
     sample_form: str = ONE_PASS
     blocks_per_sequence: int = 4
     two_pass: bool = False
+    prefix_covers_targets: bool = False
     mask_dtype: torch.dtype = torch.float32
     generator: torch.Generator | None = None
 
@@ -177,6 +181,8 @@ class SpaceDataCollator:
                     "tokens after at least one token of context. Drop such rows or lower num_mask_tokens."
                 )
         prefix = max(max(row_starts) for row_starts in starts)  # P: masks see at most x_0..x_{P-1}
+        if self.prefix_covers_targets:
+            prefix += k  # the base's logits at s..s+k-1 are the masks' teachers; the masks still see < s only
         masks = max(len(row_starts) for row_starts in starts) * k  # M
         prefix_ids = [ids[:prefix] for ids, _ in rows]
         mask_rows = [

@@ -10,10 +10,21 @@ model for the chosen mode (`setup.py`), tokenises and checks every row (`data.py
   DynamicCache), then every mask block of the batch runs in a second forward that attends to that KV,
   with gradients; only masks carry loss. The base runs in eval mode (no dropout), as at inference.
 
+The mask loss (`SpaceConfig.mask_loss`, `losses.py`) is cross-entropy on the data, KL to a teacher, or a mix.
+The teacher is the model that will verify the drafts: in "gated" mode the frozen base, whose logits at every
+mask's target position come from the prefix forward that runs anyway (the collator extends the prefix by k
+tokens so that it covers them); in "full" and "lora" mode the model being trained, whose verification logits
+are its own next-token logits at those positions in the same forward (detached, so the masks follow the AR
+head and do not pull it). A frozen copy of the original would be the wrong teacher there: the fine-tuned
+model, not the original, verifies, and the copy would double the memory.
+
 Normalisation is declared, not left to the Trainer's version-dependent defaults (5.17 and 5.24 differ): the
 summed token losses are divided by `num_items_in_batch`, which this class counts itself as the number of
 targets over the whole accumulated batch (and over all processes when `average_tokens_across_devices`).
-AR and SAR losses, mask accuracy and the SAR blocks seen are logged as separate metrics.
+AR and SAR losses, mask accuracy and the SAR blocks seen are logged as separate metrics; with a teacher (a KL
+mask loss, and always in evaluation) also `sar_agreement`, how often a mask's argmax equals the teacher's:
+on self-distilled rows that is the acceptance rate greedy SPACE will see. Evaluation reports it per mask
+(`eval_sar_agreement_1..k`), a cheap held-out learning curve while training runs.
 """
 
 from __future__ import annotations
@@ -31,6 +42,7 @@ from ..configuration import SpaceConfig
 from ..gated import GatedLoraAdapter, GatedMaskEmbedding
 from .collator import IGNORE, SpaceDataCollator
 from .data import prepare_rows
+from .losses import mask_index_in_block, mask_token_losses
 from .setup import check_checkpoint_settings, prepare_model, save_settings
 
 logger = logging.getLogger(__name__)
@@ -85,6 +97,7 @@ class SpaceTrainer(Trainer):
         # Trainer must neither divide again by the accumulation steps nor count the labels its own way.
         self.model_accepts_loss_kwargs = True
         self._metric_sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), dtype=torch.float64))
+        self._eval_sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), dtype=torch.float64))
         self.space_totals = {"sar_blocks": 0, "target_tokens": 0}
 
     def make_collator(self, model, tokenizer) -> SpaceDataCollator:
@@ -102,6 +115,7 @@ class SpaceTrainer(Trainer):
             sample_form=config.sample_form,
             blocks_per_sequence=config.blocks_per_sequence,
             two_pass=config.mode == "gated",
+            prefix_covers_targets=config.mode == "gated",  # k more prefix tokens: the teacher's logits
             mask_dtype=model.get_input_embeddings().weight.dtype,
         )
 
@@ -109,15 +123,16 @@ class SpaceTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if "mask_input_ids" in inputs:
-            logits, targets, is_mask, outputs = self._gated_forward(model, inputs)
+            logits, targets, is_mask, teacher, outputs = self._gated_forward(model, inputs)
         else:
-            logits, targets, is_mask, outputs = self._single_forward(model, inputs)
-        losses = F.cross_entropy(
-            logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="none"
-        ).view_as(targets)
+            logits, targets, is_mask, teacher, outputs = self._single_forward(model, inputs)
         valid = targets != IGNORE
         ar, sar = valid & ~is_mask, valid & is_mask
-        total = losses[ar].sum() + self.space_config.mask_loss_weight * losses[sar].sum()
+        config = self.space_config
+        ar_losses = F.cross_entropy(logits[ar].float(), targets[ar], reduction="none")
+        sar_losses = mask_token_losses(logits[sar], targets[sar], None if teacher is None else teacher[sar],
+                                       config.mask_loss, config.mask_kl_weight)
+        total = ar_losses.sum() + config.mask_loss_weight * sar_losses.sum()
         if num_items_in_batch is None:
             loss = total / valid.sum().clamp(min=1)
         else:
@@ -125,10 +140,16 @@ class SpaceTrainer(Trainer):
             if self.args.average_tokens_across_devices:
                 loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
         if model.training:
-            self._record(losses, logits, targets, ar, sar)
+            self._record(ar_losses, sar_losses, logits, targets, ar, sar, teacher)
+        elif teacher is not None:
+            self._record_evaluation(logits, is_mask, sar, teacher)
         return (loss, outputs) if return_outputs else loss
 
+    def _wants_teacher(self, model) -> bool:
+        return self.space_config.mask_loss != "cross_entropy" or not model.training
+
     def _single_forward(self, model, inputs):
+        """One forward; the teacher of mask j at position p is the same row's own (detached) logits at column p."""
         targets = inputs["labels"]
         columns = torch.nonzero(targets.ne(IGNORE).any(0)).flatten()  # only positions with a target need logits
         outputs = model(
@@ -138,30 +159,45 @@ class SpaceTrainer(Trainer):
             use_cache=False,
             logits_to_keep=columns,
         )
+        logits = outputs.logits
         is_mask = inputs["input_ids"][:, columns] == self.space_config.mask_token_id
-        return outputs.logits, targets[:, columns], is_mask, outputs
+        teacher = None
+        if self._wants_teacher(model):
+            # real tokens sit at column == position; position p's logits are mask-at-p's teacher
+            kept = torch.full((inputs["input_ids"].shape[1],), -1, dtype=torch.long, device=columns.device)
+            kept[columns] = torch.arange(columns.shape[0], device=columns.device)
+            teacher_columns = kept[inputs["position_ids"][:, columns]].clamp(min=0)  # [B, C]; used at masks only
+            teacher = logits.detach().gather(1, teacher_columns[..., None].expand(-1, -1, logits.shape[-1]))
+        return logits, targets[:, columns], is_mask, teacher, outputs
 
     def _gated_forward(self, model, inputs):
         """Prefix once without gradients (frozen base, KV into a cache); then all mask blocks, with gradients."""
         unwrapped = self.accelerator.unwrap_model(model)
         base_training = _base_to_eval(unwrapped)
         cache = new_cache()
-        cache_name = cache_argument_name(type(unwrapped).forward)
+        body = unwrapped.base_model
+        teacher = None
         with torch.no_grad():
-            model(
+            prefix = body(
                 input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=True,
-                logits_to_keep=1, **{cache_name: cache},
+                **{cache_argument_name(type(body).forward): cache},
             )
+            if self._wants_teacher(model):  # the base's logits at each mask's target position
+                hidden = prefix.last_hidden_state
+                rows = inputs["mask_position_ids"].clamp(max=hidden.shape[1] - 1)
+                teacher = unwrapped.get_output_embeddings()(
+                    hidden.gather(1, rows[..., None].expand(-1, -1, hidden.shape[-1]))
+                )
         outputs = model(
             input_ids=inputs["mask_input_ids"],
             attention_mask=inputs["mask_attention_mask"].to(self._mask_dtype(model)),
             position_ids=inputs["mask_position_ids"],
             use_cache=True,
-            **{cache_name: cache},
+            **{cache_argument_name(type(unwrapped).forward): cache},
         )
         _restore_training(unwrapped, base_training)
         is_mask = inputs["mask_input_ids"] == self.space_config.mask_token_id
-        return outputs.logits, inputs["labels"], is_mask, outputs
+        return outputs.logits, inputs["labels"], is_mask, teacher, outputs
 
     def _mask_dtype(self, model) -> torch.dtype:
         return self.accelerator.unwrap_model(model).get_input_embeddings().weight.dtype
@@ -184,29 +220,59 @@ class SpaceTrainer(Trainer):
     # --- metrics -------------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def _record(self, losses, logits, targets, ar, sar) -> None:
+    def _record(self, ar_losses, sar_losses, logits, targets, ar, sar, teacher) -> None:
         sums = self._metric_sums
-        sums["ar_loss"] += losses[ar].sum().double().cpu()
+        sums["ar_loss"] += ar_losses.sum().double().cpu()
         sums["ar_tokens"] += ar.sum().cpu()
-        sums["sar_loss"] += losses[sar].sum().double().cpu()
+        sums["sar_loss"] += sar_losses.sum().double().cpu()
         sums["sar_tokens"] += sar.sum().cpu()
-        sums["sar_correct"] += (logits.argmax(-1)[sar] == targets[sar]).sum().cpu()
+        drafts = logits.argmax(-1)[sar]
+        sums["sar_correct"] += (drafts == targets[sar]).sum().cpu()
+        if teacher is not None:  # what greedy verification would accept
+            sums["sar_agreement"] += (drafts == teacher.argmax(-1)[sar]).sum().cpu()
         masks = int(sar.sum())
         self.space_totals["sar_blocks"] += masks // self.space_config.num_mask_tokens
         self.space_totals["target_tokens"] += int(ar.sum()) + masks
 
+    @torch.no_grad()
+    def _record_evaluation(self, logits, is_mask, sar, teacher) -> None:
+        index = mask_index_in_block(is_mask, self.space_config.num_mask_tokens)[sar]
+        agree = (logits.argmax(-1)[sar] == teacher.argmax(-1)[sar]).double()
+        for j in range(self.space_config.num_mask_tokens):
+            self._eval_sums[f"agree_{j}"] += agree[index == j].sum().cpu()
+            self._eval_sums[f"count_{j}"] += (index == j).sum().cpu()
+
+    def _evaluation_metrics(self) -> dict[str, float]:
+        k = self.space_config.num_mask_tokens
+        names = [f"{kind}_{j}" for j in range(k) for kind in ("agree", "count")]
+        sums = torch.stack([self._eval_sums[name] for name in names]).to(self.args.device)
+        if self.accelerator.num_processes > 1:
+            sums = self.accelerator.reduce(sums, reduction="sum")
+        values = dict(zip(names, sums.tolist(), strict=True))
+        self._eval_sums.clear()
+        metrics = {f"eval_sar_agreement_{j + 1}": round(values[f"agree_{j}"] / values[f"count_{j}"], 4)
+                   for j in range(k) if values[f"count_{j}"]}
+        total = sum(values[f"count_{j}"] for j in range(k))
+        if total:
+            metrics["eval_sar_agreement"] = round(sum(values[f"agree_{j}"] for j in range(k)) / total, 4)
+        return metrics
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "eval_loss" in logs and self._eval_sums:
+            logs.update(self._evaluation_metrics())
         if "loss" in logs and self._metric_sums:
-            names = ("ar_loss", "ar_tokens", "sar_loss", "sar_tokens", "sar_correct")
+            names = ("ar_loss", "ar_tokens", "sar_loss", "sar_tokens", "sar_correct", "sar_agreement")
             sums = torch.stack([self._metric_sums[name] for name in names]).to(self.args.device)
             if self.accelerator.num_processes > 1:
                 sums = self.accelerator.reduce(sums, reduction="sum")
-            ar_loss, ar_tokens, sar_loss, sar_tokens, sar_correct = sums.tolist()
+            ar_loss, ar_tokens, sar_loss, sar_tokens, sar_correct, sar_agreement = sums.tolist()
             if ar_tokens:
                 logs["ar_loss"] = round(ar_loss / ar_tokens, 4)
             if sar_tokens:
                 logs["sar_loss"] = round(sar_loss / sar_tokens, 4)
                 logs["sar_accuracy"] = round(sar_correct / sar_tokens, 4)
+                if self.space_config.mask_loss != "cross_entropy":
+                    logs["sar_agreement"] = round(sar_agreement / sar_tokens, 4)
             self._metric_sums.clear()
         super().log(logs, start_time)
 

