@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.stats import chi2_contingency, chisquare
 from tiny_models import random_prompts, tiny_model
-from transformers import AutoModelForCausalLM, StoppingCriteriaList
+from transformers import AutoModelForCausalLM, LogitsProcessorList, StoppingCriteriaList
 
 import transformers_space.decoding as decoding
 import transformers_space.verify as verify
@@ -260,3 +260,56 @@ def test_early_exit_self_speculation_is_not_hijacked(verification_log):
     expected = model.generate(prompt, max_new_tokens=12, do_sample=False, use_space=False)
     got = model.generate(prompt, max_new_tokens=12, do_sample=False, use_space=False, assistant_early_exit=1)
     assert torch.equal(got, expected) and verification_log.passes == []
+
+
+def heavy_mask_model(mask_share: float = 0.5, flatten: float = 1.0):
+    """A sharp model whose mask token takes ~`mask_share` of the first position's probability (its LM-head row
+    is pointed along the hidden state there), so any processor that sees the mask token's mass changes the
+    nucleus / min-p / typical set."""
+    model = sharp_model(seed=0, drafty=True)
+    mask = model.config.space_config["mask_token_id"]
+    with torch.no_grad():
+        model.get_output_embeddings().weight.div_(flatten)  # more tokens near the processors' thresholds
+    prompt = random_prompts(1, PROMPT_LENGTH, 0)
+    head = model.get_output_embeddings()
+    with torch.no_grad():
+        hidden = model.base_model(prompt).last_hidden_state[0, -1]
+        logits = head(hidden[None])[0]
+        others = torch.logsumexp(torch.cat([logits[:mask], logits[mask + 1 :]]), 0)
+        wanted = others + torch.log(torch.tensor(mask_share / (1 - mask_share)))  # logit giving that share
+        head.weight[mask] = hidden * (wanted / hidden.dot(hidden))
+        if head.bias is not None:
+            head.bias[mask] = 0
+        share = model(prompt).logits[0, -1].softmax(-1)[mask]
+    assert abs(share - mask_share) < 0.1
+    return model
+
+
+@pytest.mark.parametrize(
+    ("setting", "flatten"),
+    [(dict(temperature=1.3, top_p=0.9, top_k=0), 1.0), (dict(min_p=0.15, top_k=0), 4.0),
+     (dict(typical_p=0.7, top_k=0), 4.0)],
+    ids=["top_p", "min_p", "typical_p"],
+)
+def test_sampling_matches_plain_when_the_mask_token_carries_mass(setting, flatten):
+    model = heavy_mask_model(flatten=flatten)
+    plain = draw(model, False, seed=1, **setting)
+    space = draw(model, True, seed=2, **setting)
+    first_plain = set(plain[:, 0].tolist())
+    assert set(space[:, 0].tolist()) <= first_plain  # nothing outside plain's processed support
+    assert min(position_pvalues(plain, space)) > 1e-4
+
+
+def test_mask_suppression_goes_before_the_first_warper():
+    from transformers import RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopPLogitsWarper
+
+    from transformers_space.verify import SuppressMaskTokenLogitsProcessor, with_mask_suppressed
+
+    processors = LogitsProcessorList([RepetitionPenaltyLogitsProcessor(1.2), TemperatureLogitsWarper(0.7),
+                                      TopPLogitsWarper(0.9)])
+    placed = with_mask_suppressed(processors, 7)
+    assert [type(p).__name__ for p in placed] == ["RepetitionPenaltyLogitsProcessor",
+                                                  "SuppressMaskTokenLogitsProcessor", "TemperatureLogitsWarper",
+                                                  "TopPLogitsWarper"]
+    assert with_mask_suppressed(placed, 7) is placed  # already there: left as is
+    assert isinstance(with_mask_suppressed(LogitsProcessorList(), 7)[0], SuppressMaskTokenLogitsProcessor)

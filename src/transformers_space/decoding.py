@@ -45,7 +45,7 @@ from .layout import (
     restrict_to_window,
 )
 from .planning import SpaceLayoutPlan
-from .verify import greedy_verify, sampling_verify
+from .verify import greedy_verify, sampling_verify, with_mask_suppressed
 
 CACHE_FIELD = "cache" if "cache" in {f.name for f in fields(GenerateDecoderOnlyOutput)} else "past_key_values"
 
@@ -94,6 +94,7 @@ def space_decoding(
     mask_token_id, trained_masks = space_settings(model)
     plan = resolve_plan(space_layout, trained_masks)
     _refuse_unsupported(model, input_ids, generation_config, synced_gpus, mask_token_id)
+    logits_processor = with_mask_suppressed(logits_processor, mask_token_id)
     if space_streamer is not None:
         streamer = space_streamer
         streamer.put(input_ids.cpu())

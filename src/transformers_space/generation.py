@@ -12,25 +12,14 @@ from __future__ import annotations
 import copy
 
 import torch
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers import GenerationConfig, LogitsProcessorList
 
 from .autotune import auto_plan
 from .decoding import space_decoding, space_settings
 from .gated import install_gated_adapters
 from .planning import SpaceLayoutPlan
 from .remote_code import write_custom_generate, write_model_card
-
-
-class SuppressMaskTokenLogitsProcessor(LogitsProcessor):
-    """Keeps the SPACE mask token out of plain decoding too: it exists only for drafting."""
-
-    def __init__(self, mask_token_id: int):
-        self.mask_token_id = mask_token_id
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        scores = scores.clone()
-        scores[:, self.mask_token_id] = float("-inf")
-        return scores
+from .verify import SuppressMaskTokenLogitsProcessor
 
 
 class SpaceGenerationMixin:
@@ -81,9 +70,11 @@ def space_generate(model, base_generate, inputs=None, generation_config=None, lo
     if use_space and num_mask_tokens is None and space_layout is None:
         num_mask_tokens = _own_config(model, generation_config, "num_mask_tokens")
     layout = space_layout_request(model, num_mask_tokens, space_layout)
+    # the same place in the processor list for plain and SPACE decoding: after transformers' own processors
+    # and the caller's, before the sampling warpers (see SuppressMaskTokenLogitsProcessor)
+    processors = LogitsProcessorList(logits_processor or [])
+    processors.append(SuppressMaskTokenLogitsProcessor(mask_token_id))
     if not use_space:
-        processors = LogitsProcessorList(logits_processor or [])
-        processors.append(SuppressMaskTokenLogitsProcessor(mask_token_id))
         early_exit = kwargs.get("assistant_early_exit") or getattr(generation_config, "assistant_early_exit", None)
         if early_exit is None:
             return base_generate(inputs, generation_config, logits_processor=processors, **kwargs)
@@ -99,7 +90,7 @@ def space_generate(model, base_generate, inputs=None, generation_config=None, lo
     return base_generate(
         inputs,
         generation_config,
-        logits_processor=logits_processor,
+        logits_processor=processors,
         custom_generate=space_decoding,
         space_streamer=kwargs.pop("streamer", None),
         space_layout=layout,

@@ -14,8 +14,47 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
 ScoreFn = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class SuppressMaskTokenLogitsProcessor(LogitsProcessor):
+    """Keeps the SPACE mask token out of every distribution decoding uses: it exists only for drafting.
+
+    It must run where plain decoding runs it, before the sampling warpers: top-p, min-p and typical-p
+    computed with the mask token's probability still inside pick a different set of tokens.
+    """
+
+    def __init__(self, mask_token_id: int):
+        self.mask_token_id = mask_token_id
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        scores = scores.clone()
+        scores[:, self.mask_token_id] = float("-inf")
+        return scores
+
+
+def with_mask_suppressed(processors: LogitsProcessorList, mask_token_id: int) -> LogitsProcessorList:
+    """`processors` with the mask token suppressed where plain decoding suppresses it.
+
+    `generate(use_space=...)` appends the suppressor to the caller's processors, which transformers places
+    after its own processors and before its warpers, for plain and SPACE decoding alike; a list without it
+    (`custom_generate=space_decoding` called directly) gets it just before transformers' first warper.
+    """
+    if any(isinstance(p, SuppressMaskTokenLogitsProcessor) and p.mask_token_id == mask_token_id
+           for p in processors):
+        return processors
+    warpers = [index for index, p in enumerate(processors) if _is_transformers_warper(p)]
+    position = warpers[0] if warpers else len(processors)
+    return LogitsProcessorList([*processors[:position], SuppressMaskTokenLogitsProcessor(mask_token_id),
+                                *processors[position:]])
+
+
+def _is_transformers_warper(processor) -> bool:
+    kind = type(processor)
+    return kind.__module__.startswith("transformers.generation") and (
+        kind.__name__.endswith("LogitsWarper") or kind.__name__ == "LogitNormalization")
 
 
 def greedy_verify(
