@@ -228,3 +228,30 @@ def test_model_without_space_settings_refused():
     del model.config.space_config
     with pytest.raises(ValueError, match="add_space_support"):
         model.generate(random_prompts(1, 4, 0), max_new_tokens=5, use_space=True)
+
+
+@pytest.mark.parametrize(
+    "mask", [[[1, 1, 1, 1], [1, 1, 0, 0]], [[1, 1, 1, 1], [0, 1, 0, 1]], [[0, 0, 0, 0], [1, 1, 1, 1]]],
+    ids=["right", "holes", "empty-row"],
+)
+def test_padding_other_than_left_is_refused(model, mask, verification_log):
+    with pytest.raises(ValueError, match="padding_side = 'left'"):
+        model.generate(random_prompts(2, 4, 0), attention_mask=torch.tensor(mask), max_new_tokens=5, use_space=True)
+    assert verification_log.passes == []
+
+
+def test_right_padded_batch_from_a_real_tokenizer_is_refused(model):
+    tokenizer = tiny_tokenizer()
+    tokenizer.padding_side = "right"
+    batch = tokenizer(["w1 w2 w3", "w4"], return_tensors="pt", padding=True)
+    with pytest.raises(ValueError, match="left padding"):
+        model.generate(**batch, max_new_tokens=5, use_space=True)
+    tokenizer.padding_side = "left"
+    batch = tokenizer(["w1 w2 w3", "w4"], return_tensors="pt", padding=True)
+    space = model.generate(**batch, max_new_tokens=5, use_space=True, do_sample=False)
+    assert torch.equal(space, model.generate(**batch, max_new_tokens=5, use_space=False, do_sample=False))
+
+
+def test_empty_prompt_is_refused(model):
+    with pytest.raises(ValueError, match="non-empty prompt"):
+        model.generate(torch.zeros(1, 0, dtype=torch.long), max_new_tokens=5, use_space=True)

@@ -226,3 +226,20 @@ def test_mixed_precision_training_leaves_a_plain_forward(tmp_path, mode):
     trainer.train()
     assert "_original_forward" not in vars(trainer.model)
     assert space_vs_plain(trainer.model)[0]
+
+
+class StopAtStep(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 2:
+            raise KeyboardInterrupt("stopped by the user")
+
+
+@pytest.mark.parametrize("mode", ["full", "gated"])
+def test_interrupted_mixed_precision_training_leaves_a_plain_forward(tmp_path, mode):
+    trainer = SpaceTrainer(model=toy_model(), args=training_args(tmp_path, 5, bf16=True),
+                           train_dataset=toy_rows(80, seed=0), space_config=SpaceConfig(num_mask_tokens=K, mode=mode),
+                           callbacks=[StopAtStep()])
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    assert "_original_forward" not in vars(trainer.model)
+    assert space_vs_plain(trainer.model)[0]

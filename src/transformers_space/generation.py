@@ -165,11 +165,27 @@ def check_space_request(model, inputs, generation_config, kwargs: dict, mask_tok
             f"SPACE decoding builds its own 4D attention masks; pass a 2D padding mask [batch, length], "
             f"got shape {tuple(mask.shape)}."
         )
+    if mask is not None and mask.numel() and not _left_padded(mask):
+        raise ValueError(
+            "SPACE decoding needs left padding: every row's attention_mask must be zeros, then ones up to the "
+            "last column (right padding would make the padding the row's continuation). Tokenize with "
+            "`tokenizer.padding_side = 'left'`."
+        )
     if kwargs.get("inputs_embeds") is not None:
         raise ValueError("SPACE decoding needs token ids; pass `input_ids` instead of `inputs_embeds`.")
     prompt = inputs if inputs is not None else kwargs.get("input_ids")
+    if isinstance(prompt, torch.Tensor) and (prompt.dim() != 2 or prompt.shape[1] == 0):
+        raise ValueError(
+            f"SPACE decoding needs a non-empty prompt of token ids [batch, length], got shape {tuple(prompt.shape)}."
+        )
     if isinstance(prompt, torch.Tensor) and (prompt == mask_token_id).any():
         raise ValueError(
             f"The prompt contains the SPACE mask token (id {mask_token_id}), which is reserved for drafting. "
             "Remove it from the input."
         )
+
+
+def _left_padded(attention_mask: torch.Tensor) -> bool:
+    """Each row: zeros (padding) then ones (tokens), ending in a token."""
+    mask = attention_mask.bool()
+    return bool(mask[:, -1].all()) and bool((mask[:, 1:] >= mask[:, :-1]).all())

@@ -285,15 +285,17 @@ class SpaceTrainer(Trainer):
                 raise ValueError(f"No checkpoint found in output_dir {self.args.output_dir!r} to resume from.")
         if resume_from_checkpoint:
             check_checkpoint_settings(resume_from_checkpoint, self.space_config)
-        result = super().train(
-            resume_from_checkpoint=resume_from_checkpoint or None, trial=trial,
-            ignore_keys_for_eval=ignore_keys_for_eval, **kwargs,
-        )
-        # With --bf16/--fp16, accelerate wraps `model.forward` in autocast. SPACE decoding runs the decoder body
-        # and the head itself, past that wrapper, so plain and SPACE generation would run at different
-        # precisions. Give the trained model its own forward back (the next train() wraps it again).
-        self.accelerator.unwrap_model(self.model, keep_fp32_wrapper=False)
-        return result
+        try:
+            return super().train(
+                resume_from_checkpoint=resume_from_checkpoint or None, trial=trial,
+                ignore_keys_for_eval=ignore_keys_for_eval, **kwargs,
+            )
+        finally:
+            # With --bf16/--fp16, accelerate wraps `model.forward` in autocast. SPACE decoding runs the decoder
+            # body and the head itself, past that wrapper, so plain and SPACE generation would run at different
+            # precisions. Give the model its own forward back, also when training stopped early (an exception,
+            # Ctrl-C); the next train() wraps it again.
+            self.accelerator.unwrap_model(self.model, keep_fp32_wrapper=False)
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         super()._save(output_dir, state_dict)
