@@ -20,7 +20,8 @@ import time
 import torch
 from transformers import AutoModelForCausalLM
 
-from transformers_space.bench import int_or_auto, load_model
+from transformers_space.arguments import int_or_auto
+from transformers_space.bench import load_model
 from transformers_space.prompts import load_suites
 
 

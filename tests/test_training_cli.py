@@ -66,15 +66,18 @@ def test_train_command_lora_saves_a_merged_model(model_dir, tmp_path):
     assert not any("lora" in name for name, _ in model.named_parameters())
 
 
-def test_bad_data_file(model_dir, tmp_path):
+def test_bad_data_file(model_dir, tmp_path, capsys):
     bad = tmp_path / "data.csv"
     bad.write_text("a,b\n")
-    with pytest.raises(ValueError, match=r"\.jsonl or \.json"):
-        main(["train", "--model", str(model_dir), "--data", str(bad), "--output-dir", str(tmp_path)])
+    assert main(["train", "--model", str(model_dir), "--data", str(bad), "--output-dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip().endswith("should be a .jsonl or .json file, got " + repr(str(bad)) + ".")
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"text": "w1"}\n{oops\n')
-    with pytest.raises(ValueError, match="line 2: not valid JSON"):
-        main(["train", "--model", str(model_dir), "--data", str(broken), "--output-dir", str(tmp_path)])
+    assert main(["train", "--model", str(model_dir), "--data", str(broken), "--output-dir", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert "line 2: not valid JSON" in error and len(error.strip().splitlines()) == 1
+    with pytest.raises(ValueError, match="line 2: not valid JSON"):  # --verbose keeps the traceback
+        main(["-v", "train", "--model", str(model_dir), "--data", str(broken), "--output-dir", str(tmp_path)])
 
 
 def test_example_script_and_accelerate_configs(model_dir, tmp_path, capsys, monkeypatch):

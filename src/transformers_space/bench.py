@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 import transformers
 
+from .arguments import int_or_auto, model_location, positive_int
 from .prompts import SUITES, Prompt
 
 logger = logging.getLogger(__name__)
@@ -643,34 +644,27 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "bench", help="Benchmark SPACE against plain greedy, prompt lookup, early exit and a draft model."
     )
-    parser.add_argument("--model", help="Gated adapter folder, SPACE model folder, or plain model folder (default: "
+    parser.add_argument("--model", type=model_location,
+                        help="Gated adapter folder, SPACE model folder, or plain model folder (default: "
                         "the offline SmolLM2-135M-Instruct with the shipped adapter).")
-    parser.add_argument("--num-mask-tokens", type=int, default=4, help="For a plain model: add_space_support's k.")
+    parser.add_argument("--num-mask-tokens", type=positive_int, default=4,
+                        help="For a plain model: add_space_support's k.")
     parser.add_argument("--space-num-mask-tokens", type=int_or_auto,
                         help='SPACE layout at generate time: masks per group, or "auto" (default: as trained).')
-    parser.add_argument("--draft-model", help="Folder of a draft model with the SAME tokenizer (enables `draft`).")
+    parser.add_argument("--draft-model", type=model_location,
+                        help="Folder of a draft model with the SAME tokenizer (enables `draft`).")
     parser.add_argument("--suites", nargs="+", default=list(SUITES), choices=SUITES)
     parser.add_argument("--methods", nargs="+", choices=METHODS, help="Default: plain space prompt_lookup "
                         "early_exit, plus draft with --draft-model. plain is always run (the reference).")
-    parser.add_argument("--limit", type=int, help="Only the first N prompts of each suite.")
-    parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads.")
-    parser.add_argument("--prompt-lookup-num-tokens", type=int, default=10)
-    parser.add_argument("--max-matching-ngram-size", type=int, help="Default: transformers' (2).")
-    parser.add_argument("--early-exit-layers", type=int, help="Default: a third of the model's layers.")
+    parser.add_argument("--limit", type=positive_int, help="Only the first N prompts of each suite.")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=128)
+    parser.add_argument("--threads", type=positive_int, default=2, help="torch.set_num_threads.")
+    parser.add_argument("--prompt-lookup-num-tokens", type=positive_int, default=10)
+    parser.add_argument("--max-matching-ngram-size", type=positive_int, help="Default: transformers' (2).")
+    parser.add_argument("--early-exit-layers", type=positive_int, help="Default: a third of the model's layers.")
     parser.add_argument("--output-dir", default="bench_out", help="Where results.{json,md,png} go.")
     parser.add_argument("--no-progress", action="store_true", help="No progress bar.")
     return parser
-
-
-def int_or_auto(value: str) -> int | str:
-    """argparse type of a `num_mask_tokens` option (this CLI's and the benchmark scripts')."""
-    if value == "auto":
-        return value
-    try:
-        return int(value)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f'expected a positive int or "auto", got {value!r}') from error
 
 
 def run(args: argparse.Namespace) -> int:

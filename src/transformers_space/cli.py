@@ -12,6 +12,8 @@ import sys
 from collections.abc import Callable
 
 from . import bench, demo, hub
+from .arguments import model_location, non_empty_text, positive_int
+from .prompts import AssetMissing
 from .training import cli as train_cli
 
 logger = logging.getLogger("transformers_space")
@@ -21,10 +23,13 @@ Command = tuple[Callable[[argparse._SubParsersAction], argparse.ArgumentParser],
 
 def _generate_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("generate", help="Generate with SPACE and plain decoding, side by side.")
-    parser.add_argument("--model", required=True, help="Folder or repo of a SPACE model (or any supported model).")
-    parser.add_argument("--prompt", action="append", required=True, help="Prompt text; repeat for a batch.")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--num-mask-tokens", type=int, default=4, help="Used only if the model has no SPACE config.")
+    parser.add_argument("--model", required=True, type=model_location,
+                        help="Folder or repo of a SPACE model (or any supported model).")
+    parser.add_argument("--prompt", action="append", required=True, type=non_empty_text,
+                        help="Prompt text; repeat for a batch.")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=64)
+    parser.add_argument("--num-mask-tokens", type=positive_int, default=4,
+                        help="Used only if the model has no SPACE config.")
     parser.add_argument("--chat", action="store_true", help="Wrap each prompt with the tokenizer's chat template.")
     parser.add_argument("--no-compare", action="store_true", help="Skip the plain-decoding run.")
     return parser
@@ -80,10 +85,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What a user can get wrong (a bad option value, a missing file or asset, data the library refuses): one line on
+# stderr and exit status 2. Anything else is a bug and keeps its traceback; --verbose keeps it for these too.
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, AssetMissing, OSError)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    return args.run(args)
+    try:
+        return args.run(args)
+    except USER_ERRORS as error:
+        if args.verbose:
+            raise
+        message = " ".join(str(error).split())  # one line, whatever the library's message looked like
+        print(f"transformers-space {args.command}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

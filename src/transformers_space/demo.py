@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from .arguments import int_or_auto, model_location, non_empty_text, positive_int
+
 DEMO_PROMPTS = (
     "Write a Python function that returns the n-th Fibonacci number, with a docstring.",
     "Explain in three sentences why the sky is blue.",
@@ -20,11 +22,14 @@ DEMO_PROMPTS = (
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("demo", help="SPACE vs plain decoding on SmolLM2-135M, side by side.")
-    parser.add_argument("--adapter", default=None, help="Adapter folder (default: the one shipped in hub_configs).")
-    parser.add_argument("--prompt", action="append", help="Your own prompt(s) instead of the built-in ones.")
-    parser.add_argument("--max-new-tokens", type=int, default=96)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--num-mask-tokens", default="auto", help='"auto" (choose for this machine) or an int.')
+    parser.add_argument("--adapter", default=None, type=model_location,
+                        help="Adapter folder (default: the one shipped in hub_configs).")
+    parser.add_argument("--prompt", action="append", type=non_empty_text,
+                        help="Your own prompt(s) instead of the built-in ones.")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=96)
+    parser.add_argument("--threads", type=positive_int, default=2)
+    parser.add_argument("--num-mask-tokens", default="auto", type=int_or_auto,
+                        help='"auto" (choose for this machine) or an int.')
     return parser
 
 

@@ -120,8 +120,11 @@ def _check_reachable(endpoint: str, folder: Path, repo_id: str, timeout: float =
 
 def add_parser(subparsers):
     """`transformers-space export`: a Hub-ready folder, optionally pushed."""
+    from .arguments import model_location
+
     parser = subparsers.add_parser("export", help="Write a Hub-ready folder for a SPACE model; optionally push it.")
-    parser.add_argument("--model", required=True, help="Saved SPACE model (trainer output, checkpoint, LoRA run).")
+    parser.add_argument("--model", required=True, type=model_location,
+                        help="Saved SPACE model (trainer output, checkpoint, LoRA run).")
     parser.add_argument("--output-dir", required=True, help="Folder to write (must differ from --model).")
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="Also upload the folder to this Hub repo.")
     parser.add_argument("--private", action="store_true", help="Create the Hub repo as private.")

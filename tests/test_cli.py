@@ -1,0 +1,66 @@
+"""The command line: user errors give one clear line and a non-zero exit before anything loads; bugs keep tracebacks."""
+
+import pytest
+import torch
+from tiny_models import tiny_config, tiny_tokenizer
+from transformers import AutoModelForCausalLM
+
+from transformers_space import add_space_support
+from transformers_space.cli import main
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["generate", "--model", "/no/such/dir", "--prompt", "hi"], "folder '/no/such/dir' does not exist"),
+        (["generate", "--model", "user/model", "--prompt", ""], "the prompt is empty"),
+        (["generate", "--model", "user/model", "--prompt", "hi", "--max-new-tokens", "0"], "positive int, got 0"),
+        (["bench", "--limit", "-1"], "expected a positive int, got -1"),
+        (["bench", "--limit", "0"], "expected a positive int, got 0"),
+        (["bench", "--space-num-mask-tokens", "zero"], 'expected a positive int or "auto"'),
+        (["bench", "--model", "./missing"], "folder './missing' does not exist"),
+        (["demo", "--num-mask-tokens", "0"], 'expected a positive int or "auto"'),
+        (["demo", "--prompt", "   "], "the prompt is empty"),
+        (["export", "--model", "/no/such/dir", "--output-dir", "out"], "does not exist"),
+    ],
+)
+def test_bad_arguments_fail_at_parse_time(argv, message, capsys):
+    with pytest.raises(SystemExit) as raised:
+        main(argv)
+    assert raised.value.code == 2
+    error = capsys.readouterr().err
+    assert message in error and "Traceback" not in error
+
+
+def test_a_file_is_not_a_model_folder(tmp_path, capsys):
+    path = tmp_path / "model.bin"
+    path.write_bytes(b"")
+    with pytest.raises(SystemExit):
+        main(["generate", "--model", str(path), "--prompt", "hi"])
+    assert "is a file; give the folder" in capsys.readouterr().err
+
+
+def test_a_folder_without_a_model_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["generate", "--model", str(tmp_path), "--prompt", "hi"])
+    assert "holds no config.json" in capsys.readouterr().err
+
+
+def test_errors_at_run_time_are_one_line(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config("llama"))
+    model.save_pretrained(tmp_path)  # a model, but no tokenizer beside it
+    assert main(["generate", "--model", str(tmp_path), "--prompt", "hi"]) == 2
+    error = capsys.readouterr().err
+    ours = [line for line in error.splitlines() if line.startswith("transformers-space generate: error: ")]
+    assert len(ours) == 1 and "Traceback" not in error
+
+
+def test_generate_runs_and_compares(tmp_path, capsys):
+    torch.manual_seed(0)
+    tokenizer = tiny_tokenizer()
+    model = add_space_support(AutoModelForCausalLM.from_config(tiny_config("llama")), tokenizer, num_mask_tokens=2)
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    assert main(["generate", "--model", str(tmp_path), "--prompt", "w1 w2 w3", "--max-new-tokens", "6"]) == 0
+    assert "identical to plain greedy decoding: True" in capsys.readouterr().out
