@@ -68,7 +68,7 @@ def main() -> None:
 
     def run_pass(context) -> float:
         start = time.perf_counter()
-        with context(), pass_kernels(weights_first=True):
+        with context(), pass_kernels(model, weights_first=True):
             hidden = forward_block(model, layout, cache, cache_positions)
             PassLogits(model.get_output_embeddings(), hidden, layout)
         seconds = time.perf_counter() - start

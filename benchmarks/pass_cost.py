@@ -43,7 +43,7 @@ from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
 from transformers_space import add_space_support
 from transformers_space.compat import cache_argument_name, crop_cache
-from transformers_space.kernels import weights_first_products
+from transformers_space.kernels import enable_weights_first, weights_first_products
 
 logger = logging.getLogger("pass_cost")
 
@@ -170,6 +170,7 @@ def causal_float_mask(past: int, n: int, dtype: torch.dtype) -> torch.Tensor:
 def measure_pass_cost(model, name: str, repeats: int, warmup: int, sizes=PASS_SIZES) -> dict:
     """Median seconds of one pass of n tokens on a CACHE_LENGTH-token cache, for both mask variants."""
     body = model.base_model
+    enable_weights_first(model)
     head = model.get_output_embeddings()
     cache_kw = cache_argument_name(type(body).forward)
     dtype = head.weight.dtype

@@ -61,7 +61,7 @@ def measure_pass_costs(
         for round_index in range(repeats + 1):  # round 0 warms up
             for count, (layout, read) in layouts.items():
                 start = time.perf_counter()
-                with pass_kernels(weights_first):
+                with pass_kernels(model, weights_first):
                     hidden = forward_block(model, layout, cache, cache_positions)
                     head(hidden[:, :read])
                 if round_index:

@@ -110,7 +110,7 @@ def space_decoding(
                 state.fresh_ids, state.fresh_positions, state.candidates, state.cache_positions, mask_token_id,
                 plan.num_masks, group_after=group_after, position_limit=position_limit,
             )
-            with pass_kernels(plan.weights_first):
+            with pass_kernels(model, plan.weights_first):
                 hidden = forward_block(model, layout, state.cache, state.cache_positions)
                 logits = PassLogits(head, hidden, layout)
             verify_logits = logits.verify()
@@ -130,7 +130,7 @@ def space_decoding(
             if not state.unfinished.any():
                 break
             rows = draft_rows(layout, group_after, accepted, active)
-            with pass_kernels(plan.weights_first):
+            with pass_kernels(model, plan.weights_first):
                 drafter.set_draft_logits(logits.drafts(rows))
             drafts, draft_scores = drafter.get_candidates(state.rows.verified(state.sequences)[0])
             candidates = drafts[:, drafts.shape[1] - rows.shape[1] :]

@@ -1,91 +1,99 @@
-"""The matrix-product orientation of a SPACE pass's linear layers on a CPU.
+"""The matrix-product orientation of a SPACE pass's linear layers on a CPU, switched per thread.
 
-`F.linear` computes x @ W^T. For a pass of a few tokens on a CPU, MKL handles that shape badly: on the
-2-core machines this project is measured on, a SmolLM2-135M pass of 2 tokens costs ~1.7 single-token
-passes, although the weights are read once either way. The same product written weights-first,
-(W @ x^T)^T, is a tall-skinny GEMM that MKL streams well: 2-4 tokens then cost less than one token through
-`F.linear` (BENCHMARKS.md, "pass kernel"). The values agree to float rounding (different summation order),
-which is the same difference as between a 1-token and a multi-token pass through `F.linear`; greedy
-verification compares argmaxes, and the benchmark checks every output against plain decoding.
+`F.linear` computes x @ W^T. For a pass of a few tokens on a CPU, MKL handles that shape badly: a pass of
+2-4 tokens through `F.linear` costs well over one single-token pass, although the weights are read once
+either way. The same product written weights-first, (W @ x^T)^T, is a tall-skinny GEMM that MKL streams
+well (BENCHMARKS.md, "pass kernel"). The values agree to float rounding (different summation order), which
+is the same difference as between a 1-token and a multi-token pass through `F.linear`; greedy verification
+compares argmaxes, and the benchmark checks every output against plain decoding.
 
 Which orientation is faster depends on the machine, so `autotune.auto_plan` measures both and records the
-choice in the plan (`SpaceLayoutPlan.weights_first`). Inside `weights_first_products()` every `nn.Linear`
-call (they all go through `torch.nn.functional.linear`) uses the weights-first form on CPU tensors; GPU
-tensors are untouched. The switch is process-wide while the context is open (as torch's own backend flags
-are), so do not run other models in other threads during a SPACE pass you want bit-identical to theirs.
+choice in the plan (`SpaceLayoutPlan.weights_first`).
 
-The second CPU choice here, `grouped_query_attention()`, is made for every SPACE pass on a CPU: transformers'
-SDPA attention copies the cached keys and values once per query head group (`repeat_kv`) whenever a mask
-is given, because GPU kernels would otherwise fall back to the math kernel; plain decoding's 1-token passes
-avoid the copy another way. On a CPU, `enable_gqa=True` with a mask gives bit-identical outputs without the
-copy (~3 ms of a ~65 ms SmolLM2 pass here). It swaps transformers' `use_gqa_in_sdpa` for the pass's duration,
-process-wide like the weights-first switch (harmless to other threads: the values are the same); releases
-without that function are left as they are.
+How it is switched, and why this way: nothing of torch or transformers is replaced. `pass_kernels(model, ...)`
+gives each `nn.Linear` of that model (once, idempotently) an instance `forward` that asks a thread-local
+flag which orientation to use; the flag is on only inside `weights_first_products()` in the calling thread.
+So a plain `generate` in another thread, on this model or any other, runs `F.linear` exactly as before
+while a SPACE pass multiplies weights-first (a torch function mode would also be thread-local, but it
+intercepts every one of a pass's ~2,300 torch calls, ~10% of a small model's pass on a CPU).
 
-Imports only torch and transformers (it ships as remote code).
+`weights_first_products()` also serves plain decoding as a kernel-matched baseline (`transformers-space bench
+--methods plain_matched`) and as an opt-in for any `generate` call on a model passed to `pass_kernels` or
+`enable_weights_first`.
+
+Imports only torch (it ships as remote code).
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
+import threading
+import types
 from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
-from transformers.integrations import sdpa_attention
+from torch import nn
 
 MAX_ROWS = 64  # the skinny shapes of decoding passes; `autotune` measures up to 48 tokens
 MIN_WEIGHT_SIDE = 64  # low-rank adapter matrices gain nothing; they keep F.linear
-_DEFAULT_LINEAR = torch._C._nn.linear  # what F.linear is; never a patched version, whatever is imported when
-_SDPA_HAS_ENABLE_GQA = tuple(int(part) for part in torch.__version__.split(".")[:2]) >= (2, 5)
+_local = threading.local()  # .weights_first: this thread's switch
+_install_lock = threading.Lock()
 
 
 def weights_first_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """`F.linear(x, weight, bias)` computed as (weight @ x^T)^T for up to MAX_ROWS rows on CPU; longer
     inputs (a prompt's prefill), thin weights (adapters) and other devices use F.linear itself."""
-    if (x.device.type != "cpu" or x.dim() < 2 or weight.dim() != 2 or min(weight.shape) < MIN_WEIGHT_SIDE
-            or x.numel() > MAX_ROWS * x.shape[-1]):
-        return _DEFAULT_LINEAR(x, weight, bias)
+    if not uses_weights_first(x, weight):
+        return F.linear(x, weight, bias)
     rows = x.reshape(-1, x.shape[-1])
     out = torch.mm(weight, rows.t()).t().contiguous().reshape(*x.shape[:-1], weight.shape[0])
     return out if bias is None else out + bias
 
 
+def uses_weights_first(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether `weights_first_linear` takes the weights-first product for these operands."""
+    return (x.device.type == "cpu" and x.dim() >= 2 and weight.dim() == 2 and min(weight.shape) >= MIN_WEIGHT_SIDE
+            and x.numel() <= MAX_ROWS * x.shape[-1])
+
+
+def weights_first_active() -> bool:
+    return getattr(_local, "weights_first", False)
+
+
+def _switchable_linear_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    if getattr(_local, "weights_first", False):
+        return weights_first_linear(x, self.weight, self.bias)
+    return F.linear(x, self.weight, self.bias)
+
+
+def enable_weights_first(model: nn.Module) -> nn.Module:
+    """Let `weights_first_products()` switch this model's `nn.Linear` layers (idempotent, thread-safe)."""
+    if getattr(model, "_space_switchable_linears", False):
+        return model
+    with _install_lock:
+        for module in model.modules():
+            if type(module) is nn.Linear and "forward" not in vars(module):
+                module.forward = types.MethodType(_switchable_linear_forward, module)
+        model._space_switchable_linears = True
+    return model
+
+
 @contextlib.contextmanager
 def weights_first_products(enabled: bool = True) -> Iterator[None]:
-    """While open (and `enabled`), `nn.Linear` layers on CPU multiply weights-first (see module docstring)."""
-    if not enabled:
-        yield
-        return
-    previous = F.linear
-    F.linear = weights_first_linear
+    """While open in this thread (and `enabled`), switchable `nn.Linear` layers on CPU multiply weights-first."""
+    previous = getattr(_local, "weights_first", False)
+    _local.weights_first = enabled
     try:
         yield
     finally:
-        F.linear = previous
-
-
-def _grouped_on_cpu(attention_mask, key, value, *, default):
-    return key.device.type == "cpu" or default(attention_mask, key, value)
+        _local.weights_first = previous
 
 
 @contextlib.contextmanager
-def grouped_query_attention() -> Iterator[None]:
-    """While open, SDPA attention on CPU tensors runs grouped-query heads without copying keys and values."""
-    default = getattr(sdpa_attention, "use_gqa_in_sdpa", None)
-    if default is None or not _SDPA_HAS_ENABLE_GQA:
-        yield  # no such hook in this transformers release, or torch's SDPA has no enable_gqa yet
-        return
-    sdpa_attention.use_gqa_in_sdpa = functools.partial(_grouped_on_cpu, default=default)
-    try:
-        yield
-    finally:
-        sdpa_attention.use_gqa_in_sdpa = default
-
-
-@contextlib.contextmanager
-def pass_kernels(weights_first: bool) -> Iterator[None]:
-    """The CPU kernel choices of one SPACE pass: grouped-query attention always, weights-first if planned."""
-    with grouped_query_attention(), weights_first_products(weights_first):
+def pass_kernels(model: nn.Module, weights_first: bool) -> Iterator[None]:
+    """The CPU kernel choice of one SPACE pass of `model`: weights-first products if planned."""
+    if weights_first:
+        enable_weights_first(model)
+    with weights_first_products(weights_first):
         yield
