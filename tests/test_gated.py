@@ -2,13 +2,14 @@
 with the training path (index_put), ordinary rows stay the base model's bit for bit, and SPACE decoding with
 gated adapters stays lossless."""
 
+import contextlib
 import copy
 import random
 
 import pytest
 import torch
 from test_lossless import assert_lossless
-from tiny_models import left_padded, random_prompts, tiny_model
+from tiny_models import left_padded, random_prompts, tiny_config, tiny_model
 
 from transformers_space import add_space_support, gated
 from transformers_space.gated import decoding_products, mask_column_span, remove_gated_adapters
@@ -51,7 +52,8 @@ class ProductSpy:
 
         def parts_for(shared, hidden, start, stop):
             self.lookups += 1
-            self.products += hidden is not shared.input
+            last = shared.positions._state().shared_inputs.get(id(shared))
+            self.products += last is None or last[0] is not hidden
             return original(shared, hidden, start, stop)
 
         monkeypatch.setattr(gated.SharedLowRank, "parts_for", parts_for)
@@ -116,7 +118,7 @@ def test_decoding_products_are_kept_between_calls_and_remade_when_weights_change
             assert positions.decoding and all(prepared is not None for prepared in first)
             model(ids)
         assert not positions.decoding
-        assert all(shared.input is None for shared in positions.shared_products), "a forward's tensor was kept"
+        assert positions._state().shared_inputs == {}, "a forward's tensor was kept"
         with decoding_products(model):  # nothing changed: the same copies
             assert [adapter.prepared for adapter in adapters] == first
         adapters[0].lora_B.weight.add_(1.0)  # weights changed between two generate calls
@@ -197,3 +199,60 @@ def test_gated_space_decoding_is_lossless(arch, verification_log):
         ids, mask = left_padded([rng.randint(1, 10) for _ in range(3)], seed)
         assert_lossless(model, ids, attention_mask=mask, max_new_tokens=20, eos_token_id=3 + seed, pad_token_id=0)
     assert max(verification_log.counts()) >= 1, "no draft was ever accepted"
+
+
+def test_updates_through_data_remake_the_decoding_copies():
+    """Version counters miss in-place updates through `.data`; the fingerprint does not."""
+    model = gated_model("llama", seed=0)
+    adapters = [layer.space_adapter for layer in model.get_input_embeddings().space_mask.positions.layers]
+    with torch.no_grad(), decoding_products(model):
+        first = adapters[3].prepared
+    adapters[3].lora_A.weight.data.mul_(0.5)
+    with torch.no_grad(), decoding_products(model):
+        assert adapters[3].prepared is not first
+        assert torch.equal(adapters[3].prepared.shared.stacked_a_t, adapters[3].lora_A.weight.t())  # o_proj: alone
+
+
+def test_adapters_follow_the_models_mode_when_installed():
+    from transformers import AutoModelForCausalLM
+
+    from transformers_space.gated import GatedLoraAdapter, GatedMaskEmbedding
+
+    for training in (False, True):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(tiny_config("llama")).train(training)
+        model = add_space_support(model, None, num_mask_tokens=2, mode="gated")
+        gated_modules = [m for m in model.modules() if isinstance(m, (GatedLoraAdapter, GatedMaskEmbedding))]
+        assert gated_modules and all(m.training == training for m in gated_modules)
+
+
+def test_a_plain_forward_in_another_thread_is_untouched_by_a_masked_one():
+    """Thread A runs masked forwards (adapters active) while thread B runs plain forwards of the same model."""
+    import threading
+
+    model = gated_model("llama", seed=1)
+    mask_id = model.config.space_config["mask_token_id"]
+    plain_ids = random_prompts(2, 9, seed=1)
+    masked_ids = random_prompts(2, 9, seed=2)
+    masked_ids[:, 6:] = mask_id
+    with torch.no_grad():
+        plain_reference = model(plain_ids).logits
+        with decoding_products(model):
+            masked_reference = model(masked_ids).logits
+    seen = {"plain": [], "masked": []}
+    start = threading.Barrier(2)
+
+    def run(name, ids, fast_path):
+        start.wait()
+        with torch.no_grad(), (decoding_products(model) if fast_path else contextlib.nullcontext()):
+            seen[name].extend(model(ids).logits for _ in range(25))
+
+    threads = [threading.Thread(target=run, args=("plain", plain_ids, False)),
+               threading.Thread(target=run, args=("masked", masked_ids, True))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(seen["plain"]) == len(seen["masked"]) == 25
+    assert all(torch.equal(logits, plain_reference) for logits in seen["plain"])
+    assert all(torch.equal(logits, masked_reference) for logits in seen["masked"])

@@ -27,10 +27,11 @@ them; on a 2-core CPU the 210 adapters of SmolLM2 took ~11 ms of a ~52 ms pass, 
 in the same contiguous columns, as SPACE's layout puts them: `mask_column_span`), each adapter reads
 pre-transposed, pre-scaled copies of its weights; adapters whose layers read the same input (q/k/v, gate/up:
 `SHARED_INPUT_TARGETS`) share one product with their stacked A matrices; and the delta is added in place on
-the mask columns with one `addmm_`/`baddbmm_` instead of advanced indexing and `index_put` on a copy. Only
-mask rows change either way, so even two threads decoding with one model at once (their forwards could pick up
-each other's shared product, which is matched to its input by identity) could only draft worse, never change
-the output.
+the mask columns with one `addmm_`/`baddbmm_` instead of advanced indexing and `index_put` on a copy.
+
+Threads: what a forward records (its mask positions, the shared products of its inputs, whether the fast path
+is open) is kept per thread, so several threads may run plain and SPACE forwards of one gated model at once
+and each gets what it would get alone (tests/test_gated.py runs them side by side).
 
 Which positions are masks, and why comparing token ids is exact here: the mask token id never appears in
 a model's `input_ids` except at mask positions. SPACE decoding refuses prompts that contain it and never
@@ -54,6 +55,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
+import weakref
 from collections.abc import Iterator
 
 import torch
@@ -88,27 +91,52 @@ def default_target_modules(model) -> list[str]:
 
 
 class MaskPositions:
-    """Where the mask token sits in the current forward's `input_ids`; shared by all adapters of a model."""
+    """Where the mask token sits in the current forward's `input_ids`; shared by all adapters of a model.
+
+    What one forward records (`where`, `span`, `shape`) and whether decoding's fast path is open (`decoding`)
+    are kept per thread (`_thread_state`), so a plain forward in one thread never sees the mask positions of a
+    SPACE pass running in another. The layer hooks are attached while at least one thread's latest forward
+    held mask tokens (`masked_threads`); for the other threads they find no positions and change nothing.
+    """
 
     def __init__(self, mask_token_id: int):
         self.mask_token_id = mask_token_id
-        self.where: tuple[torch.Tensor, torch.Tensor] | None = None  # (batch indices, sequence indices)
-        self.span: tuple[int, int] | None = None  # (start, stop) columns when `mask_column_span` finds one
-        self.shape: torch.Size | None = None  # [batch, sequence] of the recorded input_ids
         self.hook_handles: list = []  # the embedding's and the body's hooks: always attached
         self.layers: list[nn.Module] = []  # the target layers, whose hooks are attached while masks are present
         self.shared_input_groups: list[list[nn.Module]] = []  # the same layers, see `shared_input_groups`
         self.layer_hook_handles: list = []
-        self.decoding = False  # True while `decoding_products` is open
-        self.prepared_from: tuple | None = None  # (version, address) of each adapter weight the copies were made of
+        self.masked_threads = 0  # threads whose latest forward held mask tokens
+        self.prepared_from: tuple | None = None  # fingerprint of the adapter weights the copies were made of
         self.shared_products: list[SharedLowRank] = []
 
+    def _state(self) -> _ThreadState:
+        return _thread_state(self)
+
+    where = property(lambda self: self._state().where)  # (batch indices, sequence indices) of the masks, or None
+    span = property(lambda self: self._state().span)  # (start, stop) columns when `mask_column_span` finds one
+    shape = property(lambda self: self._state().shape)  # [batch, sequence] of the recorded input_ids
+
+    @property
+    def decoding(self) -> bool:
+        """True while `decoding_products` is open in this thread."""
+        return self._state().decoding
+
+    @decoding.setter
+    def decoding(self, value: bool) -> None:
+        self._state().decoding = value
+
     def record(self, input_ids: torch.Tensor) -> None:
+        state = self._state()
         is_mask = input_ids == self.mask_token_id  # [batch, sequence]
-        self.where = torch.nonzero(is_mask, as_tuple=True) if bool(is_mask.any()) else None
-        self.span = mask_column_span(is_mask) if self.where is not None else None
-        self.shape = input_ids.shape
-        self.attach_layer_hooks(self.where is not None)
+        state.where = torch.nonzero(is_mask, as_tuple=True) if bool(is_mask.any()) else None
+        state.span = mask_column_span(is_mask) if state.where is not None else None
+        state.shape = input_ids.shape
+        masked = state.where is not None
+        if masked != state.counted:
+            with _HOOKS_LOCK:
+                self.masked_threads += 1 if masked else -1
+                state.counted = masked
+                self.attach_layer_hooks(self.masked_threads > 0)
 
     def attach_layer_hooks(self, attached: bool) -> None:
         """Attach the target layers' hooks, or detach them; nothing happens when already so."""
@@ -120,9 +148,35 @@ class MaskPositions:
             self.layer_hook_handles = []
 
     def clear(self) -> None:
-        self.where = None
-        self.span = None
-        self.shape = None
+        state = self._state()
+        state.where = state.span = state.shape = None
+
+
+class _ThreadState:
+    """One thread's view of a model's mask positions (see `MaskPositions`)."""
+
+    def __init__(self):
+        self.where: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.span: tuple[int, int] | None = None
+        self.shape: torch.Size | None = None
+        self.decoding = False
+        self.counted = False  # counted in MaskPositions.masked_threads
+        self.shared_inputs: dict[int, tuple[torch.Tensor, tuple[torch.Tensor, ...]]] = {}  # see SharedLowRank
+
+
+_THREADS = threading.local()  # .states: {MaskPositions: _ThreadState}, weakly keyed (models come and go)
+_HOOKS_LOCK = threading.Lock()  # module-level: models are deep-copied, and locks cannot be
+_PREPARE_LOCK = threading.Lock()
+
+
+def _thread_state(positions: MaskPositions) -> _ThreadState:
+    states = getattr(_THREADS, "states", None)
+    if states is None:
+        states = _THREADS.states = weakref.WeakKeyDictionary()
+    state = states.get(positions)
+    if state is None:
+        state = states[positions] = _ThreadState()
+    return state
 
 
 def mask_column_span(is_mask: torch.Tensor) -> tuple[int, int] | None:
@@ -169,24 +223,24 @@ class GatedMaskEmbedding(nn.Module):
 
 
 class SharedLowRank:
-    """The first product of a group of adapters whose layers read the same input: x @ [A_1; A_2; ...]^T."""
+    """The first product of a group of adapters whose layers read the same input: x @ [A_1; A_2; ...]^T.
 
-    def __init__(self, stacked_a_t: torch.Tensor, ranks: list[int]):
+    The last input and its product are kept per thread (in the thread's `_ThreadState`), matched by identity."""
+
+    def __init__(self, stacked_a_t: torch.Tensor, ranks: list[int], positions: MaskPositions):
         self.stacked_a_t = stacked_a_t  # [in_features, sum of ranks]
         self.ranks = ranks
-        self.input: torch.Tensor | None = None  # the layer input the parts were computed from
-        self.parts: tuple[torch.Tensor, ...] = ()  # per member: [(batch,) masks, rank]
+        self.positions = positions
 
     def parts_for(self, hidden: torch.Tensor, start: int, stop: int) -> tuple[torch.Tensor, ...]:
-        if hidden is not self.input:
+        cache = self.positions._state().shared_inputs
+        last = cache.get(id(self))
+        if last is None or last[0] is not hidden:
             rows = hidden[0, start:stop] if hidden.shape[0] == 1 else hidden[:, start:stop]
             product = torch.matmul(rows, self.stacked_a_t)
-            self.parts = product.split(self.ranks, dim=-1) if len(self.ranks) > 1 else (product,)
-            self.input = hidden
-        return self.parts
-
-    def forget(self) -> None:
-        self.input, self.parts = None, ()
+            last = (hidden, product.split(self.ranks, dim=-1) if len(self.ranks) > 1 else (product,))
+            cache[id(self)] = last
+        return last[1]
 
 
 class PreparedDelta:
@@ -240,18 +294,26 @@ def decoding_products(model) -> Iterator[None]:
         return
     weights = [weight for layer in positions.layers for weight in (
         layer.space_adapter.lora_A.weight, layer.space_adapter.lora_B.weight)]
-    # Inference tensors keep no version counter: weights made in inference mode are copied on every entry.
-    source = None if any(w.is_inference() for w in weights) else tuple((w._version, w.data_ptr()) for w in weights)
-    if source is None or source != positions.prepared_from:
-        _prepare_decoding_products(positions)
-        positions.prepared_from = source
+    source = weights_fingerprint(weights)
+    with _PREPARE_LOCK:
+        if source != positions.prepared_from:
+            _prepare_decoding_products(positions)
+            positions.prepared_from = source
     positions.decoding = True
     try:
         yield
     finally:
         positions.decoding = False
-        for shared in positions.shared_products:
-            shared.forget()  # no reference to the last forward's tensors outlives the context
+        positions._state().shared_inputs.clear()  # no reference to the last forward's tensors outlives the context
+
+
+@torch.no_grad()
+def weights_fingerprint(weights: list[torch.Tensor]) -> tuple:
+    """Where the weights live and what they hold, cheaply: storage address and a float64 sum and sum of squares
+    per tensor. Version counters alone miss updates through `.data` (and inference tensors have none)."""
+    sums = torch.stack([torch.stack([w.sum(dtype=torch.float64), w.square().sum(dtype=torch.float64)])
+                        for w in weights])
+    return tuple(w.data_ptr() for w in weights), tuple(sums.flatten().tolist())
 
 
 def _prepare_decoding_products(positions: MaskPositions) -> None:
@@ -260,7 +322,7 @@ def _prepare_decoding_products(positions: MaskPositions) -> None:
         for group in positions.shared_input_groups:
             adapters = [layer.space_adapter for layer in group]
             stacked_a_t = torch.cat([adapter.lora_A.weight for adapter in adapters]).t().contiguous()
-            shared = SharedLowRank(stacked_a_t, [adapter.lora_A.weight.shape[0] for adapter in adapters])
+            shared = SharedLowRank(stacked_a_t, [adapter.lora_A.weight.shape[0] for adapter in adapters], positions)
             positions.shared_products.append(shared)
             for member, adapter in enumerate(adapters):
                 scaled_b_t = (adapter.lora_B.weight.t() * adapter.scaling).contiguous()
@@ -348,6 +410,9 @@ def install_gated_adapters(model, space_config: dict):
     positions.hook_handles.append(model.base_model.register_forward_pre_hook(_forget_mask_positions))
     for parameter in gated_parameters(model):
         parameter.requires_grad_(True)
+    for module in model.modules():  # new modules start in train mode; follow the model's (eval: the fast path)
+        if isinstance(module, (GatedLoraAdapter, GatedMaskEmbedding)):
+            module.train(model.training)
     return model
 
 
