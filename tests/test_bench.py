@@ -222,3 +222,63 @@ def test_cli_registers_bench():
     assert args.space_num_mask_tokens is None
     args = build_parser().parse_args(["bench", "--space-num-mask-tokens", "auto"])
     assert args.space_num_mask_tokens == "auto"
+
+
+def test_kernel_matched_baseline_and_full_layout_are_reported(results):
+    results, paths = results
+    for suite in ("code", "chat"):
+        summary = results["summary"][suite]
+        matched, space = summary[bench.MATCHED], summary["space"]
+        assert matched["all_match"] and summary["space_full"]["all_match"]
+        assert space["speedup_over_matched"] == pytest.approx(space["tokens_per_s"] / matched["tokens_per_s"])
+        assert matched["tokens_per_pass"] == 1.0  # a plain decoder: one token per pass
+    for record in rows(results, "space_full"):
+        assert record["space_layout"]["groups"] == [0, 1, 2, 3]  # every trained mask and group
+    assert "| over plain_matched |" in paths["markdown"].read_text()
+
+
+def test_mismatches_are_flagged_against_the_reference():
+    records = [{"method": "plain", "tokens_per_s": 2.0}, {"method": "space", "tokens_per_s": 3.0},
+               {"method": "prompt_lookup", "tokens_per_s": 1.0}]
+    outputs = {"plain": [1, 2, 3, 4], "space": [1, 2, 3, 4], "prompt_lookup": [1, 2, 9, 4]}
+    bench._compare_to_reference(records, outputs)
+    flags = {r["method"]: (r["matches_plain"], r["first_mismatch"], r["speedup"]) for r in records}
+    assert flags == {"plain": (True, None, 1.0), "space": (True, None, 1.5), "prompt_lookup": (False, 2, 0.5)}
+    assert bench._first_mismatch([1, 2], [1, 2, 3]) == 2
+
+
+def test_a_plot_without_matplotlib_says_how_to_get_it(monkeypatch, tmp_path, capsys):
+    import importlib.util
+
+    from transformers_space.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    assert main(["bench", "--limit", "1", "--output-dir", str(tmp_path)]) == 2  # refused before loading anything
+    assert "pip install 'transformers-space[bench]'" in capsys.readouterr().err
+    with pytest.raises(ImportError, match="--no-plot"):
+        save_results({}, tmp_path)
+
+
+def test_weights_first_is_a_plain_decoding_option(target):
+    prompt = torch.tensor([[3, 5, 7, 9, 3]])
+    plain = target.generate(prompt, max_new_tokens=6, do_sample=False)
+    assert torch.equal(target.generate(prompt, max_new_tokens=6, do_sample=False, weights_first=True), plain)
+    with pytest.raises(ValueError, match="for plain decoding"):
+        target.generate(prompt, max_new_tokens=6, use_space=True, weights_first=True)
+    with pytest.raises(TypeError, match="bool"):
+        target.generate(prompt, max_new_tokens=6, weights_first="yes")
+
+
+def test_early_exit_drafts_without_space_even_when_space_is_the_default(target, verification_log):
+    prompt = torch.tensor([[3, 5, 7, 9, 3]])
+    plain = target.generate(prompt, max_new_tokens=8, do_sample=False, use_space=False)
+    before = getattr(target.generation_config, "use_space", None)
+    target.generation_config.use_space = True
+    try:
+        early = target.generate(prompt, max_new_tokens=8, do_sample=False, use_space=False, assistant_early_exit=1)
+        assert target.generation_config.use_space is True  # not switched off behind other threads' backs
+    finally:
+        target.generation_config.use_space = before
+    assert torch.equal(early, plain)
+    assert verification_log.passes == []  # the early-exit assistant drafted with its first layers, not SPACE

@@ -51,7 +51,7 @@ def test_concurrent_generate_equals_sequential(mode):
         results, errors = {}, []
         start = threading.Barrier(len(CALLS))
 
-        def worker(name):
+        def worker(name, start=start, results=results, errors=errors):
             try:
                 start.wait()
                 results[name] = run(model, name, prompts[name])

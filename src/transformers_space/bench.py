@@ -6,9 +6,13 @@ One process, one model, one set of prompts, one machine: plain greedy `generate`
 Greedy, batch size 1, a warm-up call per method before timing, and the methods alternate per prompt
 (their order rotates from one prompt to the next), so slow drifts of a shared machine hit all of them alike.
 
-`space_default_kernel` (opt-in) runs SPACE's layout with the linear layers in F.linear's orientation
-instead of the weights-first product `auto` may choose (`kernels.py`): the gap between the two SPACE rows is
-what that kernel choice gains, the rest is drafting.
+Two baselines and two SPACE layouts keep kernel effects and drafting apart:
+- `plain_matched`: plain greedy `generate` with the CPU kernel SPACE's passes may use (`weights_first=True`:
+  each linear layer multiplied weights-first, `kernels.py`), the kernel-matched baseline; SPACE's gain over it
+  is drafting, not kernel choice. Its outputs are checked against plain greedy like every method's.
+- `space_full`: SPACE at the full layout (every trained mask, every group, the paper's layout), whatever
+  `--space-num-mask-tokens` says: its tokens/pass shows the drafts' acceptance independent of this machine.
+- `space_default_kernel` (opt-in) runs `space`'s layout with the linear layers in F.linear's orientation.
 
 Per method and suite: tokens/s (generated tokens / wall time), mean tokens per forward pass of the
 TARGET model, speedup over plain greedy (median of per-prompt tokens/s ratios, and the ratio of total
@@ -47,9 +51,11 @@ from .prompts import SUITES, Prompt
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("plain", "space", "space_default_kernel", "prompt_lookup", "early_exit", "draft")
-DEFAULT_METHODS = ("plain", "space", "prompt_lookup", "early_exit")
+METHODS = ("plain", "plain_matched", "space", "space_full", "space_default_kernel", "prompt_lookup", "early_exit",
+           "draft")
+DEFAULT_METHODS = ("plain", "plain_matched", "space", "space_full", "prompt_lookup", "early_exit")
 REFERENCE = "plain"
+MATCHED = "plain_matched"
 
 
 @dataclass
@@ -132,6 +138,14 @@ def method_kwargs(method: str, settings: BenchSettings, model, draft_model=None)
     """The `generate` keyword arguments that select `method` (on top of the common greedy ones)."""
     if method == "plain":
         return {"use_space": False}
+    if method == MATCHED:
+        return {"use_space": False, "weights_first": True}
+    if method == "space_full":
+        from .decoding import space_settings
+        from .planning import SpaceLayoutPlan
+
+        return {"use_space": True, "return_dict_in_generate": True,
+                "space_layout": SpaceLayoutPlan.full(space_settings(model)[1])}
     if method == "space":
         kwargs = {"use_space": True, "return_dict_in_generate": True}
         if settings.space_num_mask_tokens is not None:
@@ -429,12 +443,15 @@ def summarize(records: list[dict], methods: list[str]) -> dict:
     for suite in [*suites, "all"] if len(suites) > 1 else suites:
         rows = [r for r in records if suite in ("all", r["suite"])]
         plain = _aggregate([r for r in rows if r["method"] == REFERENCE])
+        matched = _aggregate([r for r in rows if r["method"] == MATCHED])
         summary[suite] = {}
         for method in methods:
             stats = _aggregate([r for r in rows if r["method"] == method])
             if stats is None:
                 continue
             stats["speedup_total"] = stats["tokens_per_s"] / plain["tokens_per_s"]
+            if matched is not None:  # over the kernel-matched baseline: total tokens/s ratio
+                stats["speedup_over_matched"] = stats["tokens_per_s"] / matched["tokens_per_s"]
             summary[suite][method] = stats
     return summary
 
@@ -486,18 +503,20 @@ def markdown_table(results: dict) -> str:
         lines.append(f"- SPACE layout run (num_mask_tokens={settings['space_num_mask_tokens']}): {layouts}")
     if model.get("source_note"):
         lines.append(f"- note: {' '.join(model['source_note'].split())}")
+    matched = MATCHED in settings["methods"]
     lines += [
         "",
         "| suite | method | prompts | new tokens | tokens/s | tokens/pass | speedup (median) | speedup (total) "
-        "| = plain |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+        + ("| over plain_matched " if matched else "") + "| = plain |",
+        "|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if matched else "") + "---|",
     ]
     for suite, methods in results["summary"].items():
         for method, s in methods.items():
             match = "yes" if s["all_match"] else f"no ({s['matched']}/{s['prompts']})"
+            over = f" {s['speedup_over_matched']:.2f}x |" if "speedup_over_matched" in s else (" |" if matched else "")
             lines.append(
                 f"| {suite} | {method} | {s['prompts']} | {s['new_tokens']} | {s['tokens_per_s']:.2f} | "
-                f"{s['tokens_per_pass']:.2f} | {s['speedup_median']:.2f}x | {s['speedup_total']:.2f}x | {match} |"
+                f"{s['tokens_per_pass']:.2f} | {s['speedup_median']:.2f}x | {s['speedup_total']:.2f}x |{over} {match} |"
             )
     failed = {m: s["error"] for m, s in results["methods"].items() if not s["supported"]}
     if failed:
@@ -507,7 +526,8 @@ def markdown_table(results: dict) -> str:
         "",
         "tokens/pass: generated tokens per forward pass of the target model. speedup (median): median over prompts "
         "of tokens/s relative to plain greedy on the same prompt; speedup (total): ratio of total tokens/s (the "
-        "total-time ratio when outputs match). = plain: every output identical to plain greedy, token for token.",
+        "total-time ratio when outputs match). over plain_matched: total tokens/s over the kernel-matched plain "
+        "baseline. = plain: every output identical to plain greedy, token for token.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -560,17 +580,28 @@ def _grouped_bars(axes, values: dict[str, dict[str, float]]) -> None:
         axes.legend(fontsize="small")
 
 
-def save_results(results: dict, output_dir: str | Path) -> dict[str, Path]:
-    """Write results.json, results.md and results.png to `output_dir`; returns their paths."""
+PLOT_HINT = "the plot needs matplotlib: pip install 'transformers-space[bench]' (or pass --no-plot)"
+
+
+def check_plotting() -> None:
+    """Raise ImportError with the install command when matplotlib is missing (before any work is done)."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise ImportError(PLOT_HINT)
+
+
+def save_results(results: dict, output_dir: str | Path, plot: bool = True) -> dict[str, Path]:
+    """Write results.json, results.md and (with `plot`) results.png to `output_dir`; returns their paths."""
+    if plot:
+        check_plotting()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": output_dir / "results.json", "markdown": output_dir / "results.md"}
     paths["json"].write_text(json.dumps(results, indent=1, default=str) + "\n", encoding="utf-8")
     paths["markdown"].write_text(markdown_table(results), encoding="utf-8")
-    try:
+    if plot:
         paths["plot"] = plot_results(results, output_dir / "results.png")
-    except ImportError as error:
-        logger.warning("No plot (%s): install matplotlib (`pip install matplotlib`).", error)
     return paths
 
 
@@ -664,12 +695,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--early-exit-layers", type=positive_int, help="Default: a third of the model's layers.")
     parser.add_argument("--output-dir", default="bench_out", help="Where results.{json,md,png} go.")
     parser.add_argument("--no-progress", action="store_true", help="No progress bar.")
+    parser.add_argument("--no-plot", action="store_true", help="Write no results.png (needs no matplotlib).")
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     from .prompts import load_suites
 
+    if not args.no_plot:
+        check_plotting()  # before loading anything
     if not getattr(args, "verbose", False):
         transformers.logging.set_verbosity_error()
         transformers.logging.disable_progress_bar()
@@ -693,7 +727,7 @@ def run(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as error:
             unsupported["draft"] = f"{type(error).__name__}: {error}"
     results = run_benchmark(model, tokenizer, suites, settings, draft_model, unsupported)
-    paths = save_results(results, args.output_dir)
+    paths = save_results(results, args.output_dir, plot=not args.no_plot)
     print(markdown_table(results))
     print("saved:", ", ".join(str(p) for p in paths.values()))
     return 0

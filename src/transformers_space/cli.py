@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # What a user can get wrong (a bad option value, a missing file or asset, data the library refuses): one line on
 # stderr and exit status 2. Anything else is a bug and keeps its traceback; --verbose keeps it for these too.
-USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, AssetMissing, OSError)
+USER_ERRORS = (ValueError, TypeError, OSError, AssetMissing, ImportError)  # ImportError: a missing optional package
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,9 @@ Imports only torch, transformers and sibling modules (it ships as remote code).
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import threading
 
 import torch
 from transformers import GenerationConfig, LogitsProcessorList
@@ -17,6 +19,7 @@ from transformers import GenerationConfig, LogitsProcessorList
 from .autotune import auto_plan
 from .decoding import space_decoding, space_settings
 from .gated import install_gated_adapters
+from .kernels import pass_kernels
 from .planning import SpaceLayoutPlan
 from .remote_code import write_custom_generate, write_model_card
 from .verify import SuppressMaskTokenLogitsProcessor
@@ -66,6 +69,14 @@ def space_generate(model, base_generate, inputs=None, generation_config=None, lo
     mask_token_id, _ = space_settings(model)
     if use_space is None:
         use_space = default_use_space(model, generation_config)
+    weights_first = kwargs.pop("weights_first", False)
+    if not isinstance(weights_first, bool):
+        raise TypeError(f"`weights_first` should be a bool, got {weights_first!r}.")
+    if weights_first and use_space:
+        raise ValueError(
+            "`weights_first=True` is for plain decoding; SPACE's layout plan chooses its passes' kernel "
+            "(`num_mask_tokens='auto'` measures both, or `space_layout=SpaceLayoutPlan(..., weights_first=True)`)."
+        )
     num_mask_tokens, space_layout = kwargs.pop("num_mask_tokens", None), kwargs.pop("space_layout", None)
     if use_space and num_mask_tokens is None and space_layout is None:
         num_mask_tokens = _own_config(model, generation_config, "num_mask_tokens")
@@ -76,16 +87,9 @@ def space_generate(model, base_generate, inputs=None, generation_config=None, lo
     processors.append(SuppressMaskTokenLogitsProcessor(mask_token_id))
     if not use_space:
         early_exit = kwargs.get("assistant_early_exit") or getattr(generation_config, "assistant_early_exit", None)
-        if early_exit is None:
+        with (pass_kernels(model, weights_first=True) if weights_first else contextlib.nullcontext()), \
+                (_assistant_without_space() if early_exit is not None else contextlib.nullcontext()):
             return base_generate(inputs, generation_config, logits_processor=processors, **kwargs)
-        # early-exit self-speculation makes this model its own assistant, which must draft with its first
-        # layers, not with SPACE, whatever its generation config says
-        saved = getattr(model.generation_config, "use_space", None)
-        model.generation_config.use_space = False
-        try:
-            return base_generate(inputs, generation_config, logits_processor=processors, **kwargs)
-        finally:
-            model.generation_config.use_space = saved
     check_space_request(model, inputs, generation_config, kwargs, mask_token_id)
     return base_generate(
         inputs,
@@ -112,6 +116,22 @@ def space_layout_request(model, num_mask_tokens, space_layout):
     return space_layout
 
 
+_local = threading.local()
+
+
+@contextlib.contextmanager
+def _assistant_without_space():
+    """Early-exit self-speculation makes the model its own assistant, which must draft with its first layers,
+    not with SPACE, whatever its generation config says; switched for this thread only (transformers calls the
+    assistant's `generate` in the caller's thread, with a config that no longer names the early exit)."""
+    previous = getattr(_local, "assistant_without_space", False)
+    _local.assistant_without_space = True
+    try:
+        yield
+    finally:
+        _local.assistant_without_space = previous
+
+
 def default_use_space(model, generation_config: GenerationConfig | None) -> bool:
     """`use_space` from the generation config; as an assistant, from the assistant model's own config.
 
@@ -125,6 +145,8 @@ def _own_config(model, generation_config: GenerationConfig | None, name: str):
     """A SPACE setting (`use_space`, `num_mask_tokens`) from the generation config, or None; as an assistant,
     from the assistant model's own config (see `default_use_space`)."""
     if generation_config is not None and getattr(generation_config, "is_assistant", False):
+        if name == "use_space" and getattr(_local, "assistant_without_space", False):
+            return False
         return getattr(model.generation_config, name, None)
     return getattr(generation_config or model.generation_config, name, None)
 
