@@ -179,11 +179,14 @@ def test_scattered_masks_take_the_index_path():
     ids = random_prompts(2, 8, seed=0)
     ids[0, [2, 5]] = mask_id
     ids[1, 3] = mask_id
-    with torch.no_grad():
+    with torch.no_grad(), decoding_products(model):  # the fast path is open, but these masks cannot take it
         logits = model(ids).logits
-    assert model.get_input_embeddings().space_mask.positions.span is None
-    with torch.enable_grad():
+        assert model.get_input_embeddings().space_mask.positions.span is None
+    with torch.enable_grad():  # the training path: index_put
         assert torch.equal(logits, model(ids).logits.detach())
+    base = remove_gated_adapters(copy.deepcopy(model))
+    with torch.no_grad():
+        assert not torch.allclose(logits[0, 2:], base(ids).logits[0, 2:], atol=1e-3), "the adapters changed nothing"
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2", "gpt_neox", "phi3", "mistral"])

@@ -242,6 +242,7 @@ class RecordingStreamer(BaseStreamer):
 
 
 def test_streamer_gets_prompt_then_tokens_in_order():
+    several = []
     for seed in range(4):
         model = tiny_model("llama", seed=seed, num_mask_tokens=4, drafty=True)
         prompt = random_prompts(1, 5, seed)
@@ -252,7 +253,8 @@ def test_streamer_gets_prompt_then_tokens_in_order():
         assert space_streamer.puts[0] == prompt[0].tolist()
         streamed = [token for put in space_streamer.puts[1:] for token in put]
         assert streamed == space[0, prompt.shape[1] :].tolist()
-    assert any(len(put) > 1 for put in space_streamer.puts[1:]), "no pass streamed several tokens"
+        several.append(any(len(put) > 1 for put in space_streamer.puts[1:]))
+    assert sum(several) >= 2, "passes that emitted several tokens were not streamed together"
 
 
 def test_mask_token_never_generated_in_either_mode():
