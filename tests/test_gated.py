@@ -50,11 +50,11 @@ class ProductSpy:
         self.lookups = self.products = 0
         original = gated.SharedLowRank.parts_for
 
-        def parts_for(shared, hidden, start, stop):
+        def parts_for(shared, hidden, start, stop, state):
             self.lookups += 1
-            last = shared.positions._state().shared_inputs.get(id(shared))
+            last = state.shared_inputs.get(id(shared))
             self.products += last is None or last[0] is not hidden
-            return original(shared, hidden, start, stop)
+            return original(shared, hidden, start, stop, state)
 
         monkeypatch.setattr(gated.SharedLowRank, "parts_for", parts_for)
 

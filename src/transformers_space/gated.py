@@ -225,15 +225,14 @@ class GatedMaskEmbedding(nn.Module):
 class SharedLowRank:
     """The first product of a group of adapters whose layers read the same input: x @ [A_1; A_2; ...]^T.
 
-    The last input and its product are kept per thread (in the thread's `_ThreadState`), matched by identity."""
+    The last input and its product are kept per thread (in the caller's `_ThreadState`), matched by identity."""
 
-    def __init__(self, stacked_a_t: torch.Tensor, ranks: list[int], positions: MaskPositions):
+    def __init__(self, stacked_a_t: torch.Tensor, ranks: list[int]):
         self.stacked_a_t = stacked_a_t  # [in_features, sum of ranks]
         self.ranks = ranks
-        self.positions = positions
 
-    def parts_for(self, hidden: torch.Tensor, start: int, stop: int) -> tuple[torch.Tensor, ...]:
-        cache = self.positions._state().shared_inputs
+    def parts_for(self, hidden: torch.Tensor, start: int, stop: int, state: _ThreadState) -> tuple[torch.Tensor, ...]:
+        cache = state.shared_inputs
         last = cache.get(id(self))
         if last is None or last[0] is not hidden:
             rows = hidden[0, start:stop] if hidden.shape[0] == 1 else hidden[:, start:stop]
@@ -253,27 +252,27 @@ class PreparedDelta:
 def _add_gated_delta(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
     """Forward hook of a target layer: output + delta at the mask rows, the untouched output elsewhere."""
     adapter = module.space_adapter
-    positions = adapter.positions
-    if positions.where is None:
+    state = adapter.positions._state()  # this thread's forward
+    if state.where is None:
         return output
     hidden = args[0]  # [batch, sequence, in_features]
-    if hidden.shape[:-1] != positions.shape:
+    if hidden.shape[:-1] != state.shape:
         raise RuntimeError(
             f"Gated SPACE adapter: layer input of shape {tuple(hidden.shape)} does not match the input_ids "
-            f"shape {tuple(positions.shape)} recorded for this forward."
+            f"shape {tuple(state.shape)} recorded for this forward."
         )
     prepared = adapter.prepared
-    if (positions.decoding and positions.span is not None and not (torch.is_grad_enabled() or adapter.training)
+    if (state.decoding and state.span is not None and not (torch.is_grad_enabled() or adapter.training)
             and hidden.dtype == output.dtype == prepared.scaled_b_t.dtype):
-        start, stop = positions.span  # decoding: see the module docstring
-        low_rank = prepared.shared.parts_for(hidden, start, stop)[prepared.member]
+        start, stop = state.span  # decoding: see the module docstring
+        low_rank = prepared.shared.parts_for(hidden, start, stop, state)[prepared.member]
         if hidden.shape[0] == 1:
             output[0, start:stop].addmm_(low_rank, prepared.scaled_b_t)
         else:
             output[:, start:stop].baddbmm_(low_rank, prepared.scaled_b_t.expand(hidden.shape[0], -1, -1))
         return output
-    delta = adapter(hidden[positions.where]).to(output.dtype)  # [num_masks, out_features]
-    return output.index_put(positions.where, delta, accumulate=True)
+    delta = adapter(hidden[state.where]).to(output.dtype)  # [num_masks, out_features]
+    return output.index_put(state.where, delta, accumulate=True)
 
 
 @contextlib.contextmanager
@@ -322,7 +321,7 @@ def _prepare_decoding_products(positions: MaskPositions) -> None:
         for group in positions.shared_input_groups:
             adapters = [layer.space_adapter for layer in group]
             stacked_a_t = torch.cat([adapter.lora_A.weight for adapter in adapters]).t().contiguous()
-            shared = SharedLowRank(stacked_a_t, [adapter.lora_A.weight.shape[0] for adapter in adapters], positions)
+            shared = SharedLowRank(stacked_a_t, [adapter.lora_A.weight.shape[0] for adapter in adapters])
             positions.shared_products.append(shared)
             for member, adapter in enumerate(adapters):
                 scaled_b_t = (adapter.lora_B.weight.t() * adapter.scaling).contiguous()
