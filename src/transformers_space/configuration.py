@@ -72,8 +72,10 @@ class SpaceConfig:
             "the distribution the model itself predicts at the mask's target position (the base model in 'gated' "
             "mode, the model's own detached next-token logits otherwise: greedy acceptance is exactly agreement "
             "with that model), or 'mix' (`mask_kl_weight` x KL + the rest x cross-entropy). Default "
-            "'cross_entropy': it needs no teacher logits and is the paper's recipe; see BENCHMARKS.md for the "
-            "measured comparison.",
+            "'cross_entropy': on self-distilled data its labels ARE the verifier's argmax, and in the measured "
+            "comparison (BENCHMARKS.md, 'Mask loss') pure KL lowered the held-out KL but also the held-out "
+            "argmax agreement that greedy acceptance needs (KL spreads the drafts' mass over the teacher's "
+            "runner-up tokens).",
             "choices": list(MASK_LOSSES),
         },
     )
