@@ -24,7 +24,7 @@ newest=.venv/test
 make_env "$newest"
 "$newest/bin/python" -m ruff check src tests examples benchmarks scripts
 echo "== the suite on transformers $("$newest/bin/python" -c 'import transformers; print(transformers.__version__)')"
-"$newest/bin/python" -m pytest -q "$@"
+PATH="$PWD/$newest/bin:$PATH" "$newest/bin/python" -m pytest -q "$@"  # its console scripts too
 if [ "${SPACE_SKIP_OLDEST:-0}" != "1" ]; then
   oldest=.venv/test-oldest
   make_env "$oldest"
@@ -32,5 +32,5 @@ if [ "${SPACE_SKIP_OLDEST:-0}" != "1" ]; then
   echo "== the suite again on transformers $("$oldest/bin/python" -c 'import transformers; print(transformers.__version__)')"
   # the oldest release reruns everything but the slow training runs (they exercise no version-specific code
   # beyond what the rest covers, and CI time is bounded)
-  "$oldest/bin/python" -m pytest -q -m "not slow" "$@"
+  PATH="$PWD/$oldest/bin:$PATH" "$oldest/bin/python" -m pytest -q -m "not slow" "$@"
 fi
