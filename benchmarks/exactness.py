@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from transformers_space.arguments import int_or_auto, positive_int
-from transformers_space.bench import load_model
+from transformers_space.loading import load_model
 from transformers_space.training.distill import chat_inputs, select_prompts
 
 

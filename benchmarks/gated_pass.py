@@ -23,12 +23,11 @@ import time
 
 import torch
 
-from transformers_space import gated
-from transformers_space.compat import cache_argument_name, crop_cache, new_cache
-from transformers_space.decoding import PassLogits, forward_block
+from transformers_space.decoding import PassLogits, forward_block, gated
+from transformers_space.decoding.compat import cache_argument_name, crop_cache, new_cache
+from transformers_space.decoding.kernels import WeightsFirstKernels
+from transformers_space.decoding.layout import build_pass_layout
 from transformers_space.hub import load_space_adapter, shipped_adapter_dir
-from transformers_space.kernels import pass_kernels
-from transformers_space.layout import build_pass_layout
 
 PROMPT = "Write a Python function that checks whether a string is a palindrome."
 
@@ -68,7 +67,7 @@ def main() -> None:
 
     def run_pass(context) -> float:
         start = time.perf_counter()
-        with context(), pass_kernels(model, weights_first=True):
+        with context(), WeightsFirstKernels().around_pass(model):
             hidden = forward_block(model, layout, cache, cache_positions)
             PassLogits(model.get_output_embeddings(), hidden, layout)
         seconds = time.perf_counter() - start

@@ -17,9 +17,8 @@ import time
 
 import torch
 
-from transformers_space.bench import encode_prompt
 from transformers_space.hub import load_space_adapter, shipped_adapter_dir
-from transformers_space.prompts import humaneval_prompts
+from transformers_space.prompts import encode_prompts, humaneval_prompts
 
 RUNS = {  # name: (generate kwargs, context around the call)
     "plain (no_grad, as generate runs it)": ({"use_space": False}, contextlib.nullcontext),
@@ -38,7 +37,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model, tokenizer = load_space_adapter(shipped_adapter_dir(), dtype=torch.float32)
     model.eval()
-    inputs = [encode_prompt(tokenizer, prompt) for prompt in humaneval_prompts()[: args.prompts]]
+    inputs = [encode_prompts(tokenizer, [prompt.text]) for prompt in humaneval_prompts()[: args.prompts]]
     common = {"max_new_tokens": args.max_new_tokens, "do_sample": False, "pad_token_id": tokenizer.pad_token_id}
     seconds = {name: 0.0 for name in RUNS}
     reference: dict[int, torch.Tensor] = {}

@@ -7,7 +7,7 @@ a. Pass cost: the time of one decoder pass of n tokens (n = 1, 2, 4, 8, 16, 25, 
    prefilled once and cut back after every timed pass. Each pass runs the decoder body and the LM head on its
    last row only (as plain greedy does; SPACE runs the head on the few rows it reads). Three variants: the
    model's own causal mask; an explicit 4D float mask (what SPACE feeds); and the float mask with the linear
-   layers multiplying weights-first (`transformers_space.kernels`, which `num_mask_tokens="auto"` may
+   layers multiplying weights-first (`transformers_space.decoding.kernels`, which `num_mask_tokens="auto"` may
    choose). A SPACE pass with k mask tokens feeds 1 + k + k(k+1) tokens: 25 for k=4, 36 for k=5.
 b. SPACE with no accepted drafts: SmolLM2-135M-Instruct with `add_space_support` but no SAR training, so its
    mask tokens draft (almost) nothing useful. Greedy `use_space=True` against plain greedy on the same chat
@@ -42,8 +42,8 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
 from transformers_space import add_space_support
-from transformers_space.compat import cache_argument_name, crop_cache
-from transformers_space.kernels import enable_weights_first, weights_first_products
+from transformers_space.decoding.compat import cache_argument_name, crop_cache
+from transformers_space.decoding.kernels import enable_weights_first, weights_first_products
 
 logger = logging.getLogger("pass_cost")
 

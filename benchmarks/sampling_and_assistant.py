@@ -21,7 +21,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from transformers_space.arguments import int_or_auto
-from transformers_space.bench import load_model
+from transformers_space.loading import load_model
 from transformers_space.prompts import load_suites
 
 

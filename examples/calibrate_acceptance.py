@@ -18,7 +18,7 @@ import torch
 from make_distill_data import sharegpt_prompts, stdlib_function_prompts
 from tqdm import tqdm
 
-from transformers_space.autotune import calibrate_acceptance
+from transformers_space.decoding.autotune import calibrate_acceptance
 from transformers_space.hub import ADAPTER_CONFIG, load_space_adapter
 
 logger = logging.getLogger("calibrate_acceptance")

@@ -24,10 +24,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from transformers_space import SpaceConfig, SpaceLayoutPlan
+from transformers_space.decoding.planning import acceptance_rates
 from transformers_space.hub import ADAPTER_CONFIG, load_space_adapter
 from transformers_space.modeling import load_space_model
-from transformers_space.planning import SpaceLayoutPlan, acceptance_rates
-from transformers_space.training.distill import chat_inputs, select_prompts
+from transformers_space.prompts import encode_prompts
+from transformers_space.training.distill import select_prompts
 
 logger = logging.getLogger("heldout_acceptance")
 HELDOUT_SEED = 0  # the order of held-out prompts; the split itself does not depend on it
@@ -48,10 +50,10 @@ def load(path: str):
 
 def measure(model, tokenizer, prompts: list[str], max_new_tokens: int) -> dict:
     """Per-mask acceptance and tokens per pass of greedy SPACE at the full layout, pooled over `prompts`."""
-    trained = model.config.space_config["num_mask_tokens"]
+    trained = SpaceConfig.of(model).num_mask_tokens
     emitted, accepted = [], []
-    for text in tqdm(chat_inputs(tokenizer, prompts), desc="held-out prompts", leave=False):
-        ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    for prompt in tqdm(prompts, desc="held-out prompts", leave=False):
+        ids = encode_prompts(tokenizer, [prompt])["input_ids"]
         out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, use_space=True,
                              return_dict_in_generate=True, space_layout=SpaceLayoutPlan.full(trained))
         passes = out.tokens_per_pass[0]

@@ -1,6 +1,6 @@
 """Teach a causal LM to draft its own tokens (SAR-SFT) with SpaceTrainer, on one process or many.
 
-    # one process: SmolLM2-135M-Instruct (offline, see ASSETS.md), gated adapter, 50 steps
+    # one process: SmolLM2-135M-Instruct (offline, see docs/assets.md), gated adapter, 50 steps
     python examples/train_space.py --mode gated --max_steps 50 --output_dir out/smollm2-space-gated
     # the same script on several processes: DDP, FSDP or DeepSpeed through accelerate, or torchrun
     accelerate launch --config_file examples/accelerate/ddp.yaml examples/train_space.py --mode gated ...

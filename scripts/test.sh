@@ -22,7 +22,7 @@ make_env() {  # make_env DIR: a virtual environment with this project and its te
 
 newest=.venv/test
 make_env "$newest"
-"$newest/bin/python" -m ruff check src tests examples benchmarks scripts
+"$newest/bin/python" -m ruff check src tests examples benchmarks scripts docs
 echo "== the suite on transformers $("$newest/bin/python" -c 'import transformers; print(transformers.__version__)')"
 PATH="$PWD/$newest/bin:$PATH" "$newest/bin/python" -m pytest -q "$@"  # its console scripts too
 if [ "${SPACE_SKIP_OLDEST:-0}" != "1" ]; then

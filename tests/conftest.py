@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-import transformers_space.decoding as decoding
+import transformers_space.decoding.loop as decoding
 
 torch.set_num_threads(2)
 

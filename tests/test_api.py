@@ -14,6 +14,7 @@ from transformers_space import (
     SUPPORTED_MODEL_TYPES,
     SpaceConfig,
     SpaceGenerationMixin,
+    SpaceLayoutPlan,
     add_space_support,
     space_decoding,
 )
@@ -127,8 +128,10 @@ def test_num_mask_tokens_default_comes_from_generation_config():
     model.generation_config.num_mask_tokens = 2
     assert model.generate(prompt, **kwargs).space_layout["num_masks"] == 2
     assert model.generate(prompt, **kwargs, num_mask_tokens=1).space_layout["num_masks"] == 1  # the call wins
-    plan = {"num_masks": 1, "groups": [0], "weights_first": False}
-    assert model.generate(prompt, **kwargs, space_layout=plan).space_layout == plan
+    plan = SpaceLayoutPlan(1, (0,))
+    assert model.generate(prompt, **kwargs, space_layout=plan).space_layout == plan.to_dict()
+    with pytest.raises(TypeError, match="should be a SpaceLayoutPlan"):
+        model.generate(prompt, **kwargs, space_layout=plan.to_dict())
     model.generation_config.num_mask_tokens = "fast"
     with pytest.raises(ValueError, match="positive int or"):
         model.generate(prompt, **kwargs)

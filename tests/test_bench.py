@@ -15,7 +15,7 @@ import torch
 from tiny_models import tiny_model, tiny_tokenizer
 
 from transformers_space import bench, prompts
-from transformers_space.bench import BenchSettings, PassCounter, run_benchmark, save_results
+from transformers_space.bench import BenchSettings, PassCounter, run_benchmark, runner, save_results
 from transformers_space.cli import build_parser
 from transformers_space.prompts import Prompt
 
@@ -145,7 +145,7 @@ def test_space_default_kernel_runs_the_same_layout_through_f_linear(target):
                              space_num_mask_tokens=2, progress=False)
     results = run_benchmark(target, tiny_tokenizer(), {"code": tiny_suites()["code"][:2]}, settings)
     layouts = {r["method"]: r["space_layout"] for r in rows(results) if "space_layout" in r}
-    assert layouts["space_default_kernel"] == {**layouts["space"], "weights_first": False}
+    assert layouts["space_default_kernel"] == {**layouts["space"], "kernels": "linear"}
     assert all(r["matches_plain"] for r in rows(results))
 
 
@@ -241,10 +241,10 @@ def test_mismatches_are_flagged_against_the_reference():
     records = [{"method": "plain", "tokens_per_s": 2.0}, {"method": "space", "tokens_per_s": 3.0},
                {"method": "prompt_lookup", "tokens_per_s": 1.0}]
     outputs = {"plain": [1, 2, 3, 4], "space": [1, 2, 3, 4], "prompt_lookup": [1, 2, 9, 4]}
-    bench._compare_to_reference(records, outputs)
+    runner._compare_to_reference(records, outputs)
     flags = {r["method"]: (r["matches_plain"], r["first_mismatch"], r["speedup"]) for r in records}
     assert flags == {"plain": (True, None, 1.0), "space": (True, None, 1.5), "prompt_lookup": (False, 2, 0.5)}
-    assert bench._first_mismatch([1, 2], [1, 2, 3]) == 2
+    assert runner._first_mismatch([1, 2], [1, 2, 3]) == 2
 
 
 def test_a_plot_without_matplotlib_says_how_to_get_it(monkeypatch, tmp_path, capsys):

@@ -11,8 +11,9 @@ import torch
 from test_lossless import assert_lossless
 from tiny_models import left_padded, random_prompts, tiny_config, tiny_model
 
-from transformers_space import add_space_support, gated
-from transformers_space.gated import decoding_products, mask_column_span, remove_gated_adapters
+from transformers_space import SpaceLayoutPlan, add_space_support
+from transformers_space.decoding import gated
+from transformers_space.decoding.gated import decoding_products, mask_column_span, remove_gated_adapters
 
 
 def gated_model(arch: str, seed: int, num_mask_tokens: int = 2, noise: float = 0.3):
@@ -196,8 +197,7 @@ def test_gated_space_decoding_is_lossless(arch, verification_log):
     for seed in range(3):
         model = gated_model(arch, seed=seed, num_mask_tokens=3, noise=0.02)
         prompt = random_prompts(1, rng.randint(1, 16), seed=rng.randrange(10**6))
-        for layout in (None, {"num_masks": 1, "groups": [0], "weights_first": True},
-                       {"num_masks": 3, "groups": [0, 2], "weights_first": False}):
+        for layout in (None, SpaceLayoutPlan(1, (0,), kernels="weights_first"), SpaceLayoutPlan(3, (0, 2))):
             assert_lossless(model, prompt, max_new_tokens=rng.randint(1, 30), space_layout=layout)
         ids, mask = left_padded([rng.randint(1, 10) for _ in range(3)], seed)
         assert_lossless(model, ids, attention_mask=mask, max_new_tokens=20, eos_token_id=3 + seed, pad_token_id=0)
@@ -219,7 +219,7 @@ def test_updates_through_data_remake_the_decoding_copies():
 def test_adapters_follow_the_models_mode_when_installed():
     from transformers import AutoModelForCausalLM
 
-    from transformers_space.gated import GatedLoraAdapter, GatedMaskEmbedding
+    from transformers_space.decoding.gated import GatedLoraAdapter, GatedMaskEmbedding
 
     for training in (False, True):
         torch.manual_seed(0)

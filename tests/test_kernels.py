@@ -8,18 +8,18 @@ import torch
 import torch.nn.functional as F
 from tiny_models import random_prompts, tiny_config
 
-import transformers_space.kernels as kernels
+import transformers_space.decoding.kernels as kernels
 from transformers_space import add_space_support
-from transformers_space.kernels import (
+from transformers_space.decoding.kernels import (
     MAX_ROWS,
     MIN_WEIGHT_SIDE,
+    WeightsFirstKernels,
     enable_weights_first,
-    pass_kernels,
     uses_weights_first,
     weights_first_linear,
     weights_first_products,
 )
-from transformers_space.planning import SpaceLayoutPlan
+from transformers_space.decoding.planning import SpaceLayoutPlan
 
 WIDE = MIN_WEIGHT_SIDE  # layers at least this wide take the weights-first product
 
@@ -104,7 +104,7 @@ def test_threads_do_not_see_each_others_switch():
     def weights_first_thread():
         try:
             started.wait()
-            with torch.no_grad(), pass_kernels(model, weights_first=True):
+            with torch.no_grad(), WeightsFirstKernels().around_pass(model):
                 for _ in range(30):
                     model(ids)
         except Exception as error:  # pragma: no cover - reported below
@@ -135,7 +135,8 @@ def test_space_with_weights_first_plans_is_lossless(arch, seed, monkeypatch):
     calls = count_weights_first(monkeypatch)
     prompts = random_prompts(3, 6, seed)
     plain = model.generate(prompts, max_new_tokens=12, do_sample=False)
-    for plan in (SpaceLayoutPlan(1, (0, 1), weights_first=True), SpaceLayoutPlan(3, (0, 1, 2, 3), weights_first=True)):
+    for plan in (SpaceLayoutPlan(1, (0, 1), kernels="weights_first"),
+                 SpaceLayoutPlan(3, (0, 1, 2, 3), kernels="weights_first")):
         calls.clear()
         space = model.generate(prompts, max_new_tokens=12, do_sample=False, use_space=True, space_layout=plan)
         assert torch.equal(space, plain)

@@ -4,9 +4,9 @@ import pytest
 import torch
 from tiny_models import ARCHITECTURES, random_prompts, tiny_model
 
-from transformers_space.compat import cache_argument_name, new_cache
 from transformers_space.decoding import forward_block
-from transformers_space.layout import (
+from transformers_space.decoding.compat import cache_argument_name, new_cache
+from transformers_space.decoding.layout import (
     INVALID,
     block_structure,
     build_pass_layout,

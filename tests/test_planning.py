@@ -4,8 +4,8 @@ import pytest
 import torch
 from tiny_models import left_padded, random_prompts, tiny_model
 
-from transformers_space.autotune import auto_plan, calibrate_acceptance, cost_function, measure_pass_costs
-from transformers_space.planning import (
+from transformers_space.decoding.autotune import auto_plan, calibrate_acceptance, cost_function, measure_pass_costs
+from transformers_space.decoding.planning import (
     SpaceLayoutPlan,
     acceptance_rates,
     choose_plan,
@@ -61,12 +61,13 @@ def test_choice_follows_the_hardware():
 
 
 PLANS = [SpaceLayoutPlan(0, ()), SpaceLayoutPlan(3, (0,)), SpaceLayoutPlan(3, (0, 3)), SpaceLayoutPlan(2, (0, 1)),
-         SpaceLayoutPlan(1, (0,)), SpaceLayoutPlan(3, (0, 1, 3)), SpaceLayoutPlan(3, (0, 1, 2, 3), weights_first=True),
-         SpaceLayoutPlan(2, (0,), weights_first=True)]
+         SpaceLayoutPlan(1, (0,)), SpaceLayoutPlan(3, (0, 1, 3)),
+         SpaceLayoutPlan(3, (0, 1, 2, 3), kernels="weights_first"),
+         SpaceLayoutPlan(2, (0,), kernels="weights_first")]
 
 
 @pytest.mark.parametrize(
-    "plan", PLANS, ids=lambda p: f"{p.num_masks}-{'_'.join(map(str, p.groups))}{'-wf' if p.weights_first else ''}"
+    "plan", PLANS, ids=lambda p: f"{p.num_masks}-{'_'.join(map(str, p.groups))}{'-' + p.kernels}"
 )
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen3"])
 def test_every_plan_is_lossless(plan, arch, verification_log):
@@ -86,7 +87,7 @@ def test_num_mask_tokens_argument():
     model = tiny_model("llama", seed=0, num_mask_tokens=3, drafty=True)
     prompt = random_prompts(1, 5, 0)
     out = model.generate(prompt, max_new_tokens=12, use_space=True, num_mask_tokens=2, return_dict_in_generate=True)
-    assert out.space_layout == {"num_masks": 2, "groups": [0, 1, 2], "weights_first": False}
+    assert out.space_layout == {"num_masks": 2, "groups": [0, 1, 2], "kernels": "linear"}
     with pytest.raises(ValueError, match="trained with 3"):
         model.generate(prompt, max_new_tokens=5, use_space=True, num_mask_tokens=4)
     with pytest.raises(ValueError, match="positive int or"):

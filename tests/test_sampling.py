@@ -11,10 +11,10 @@ from scipy.stats import chi2_contingency, chisquare
 from tiny_models import random_prompts, tiny_model
 from transformers import AutoModelForCausalLM, LogitsProcessorList, StoppingCriteriaList
 
-import transformers_space.decoding as decoding
-import transformers_space.verify as verify
+import transformers_space.decoding.loop as decoding
+import transformers_space.decoding.verify as verify
 from transformers_space import SpaceCandidateGenerator
-from transformers_space.verify import residual_distribution, sampling_verify
+from transformers_space.decoding.verify import residual_distribution, sampling_verify
 
 SAMPLES = 4000
 PROMPT_LENGTH = 5
@@ -178,9 +178,7 @@ def test_candidate_generator_interface():
     drafter.set_draft_logits(logits)
     candidates, scores = drafter.get_candidates(ids)
     assert candidates.tolist() == [[1, 2, 3, 1, 4, 2]] and scores.shape == (1, 3, 6)
-    drafter.update_candidate_strategy(candidates, scores, 2)
-    drafter.update_candidate_strategy(candidates, scores, torch.tensor([0, 3]))
-    assert drafter.acceptance_histogram == [1, 0, 1, 1]
+    assert drafter.get_candidates(ids)[1] is None  # drafts are used once
 
 
 def plain_copy(model, noise: float = 0.0, seed: int = 0):
@@ -303,7 +301,7 @@ def test_sampling_matches_plain_when_the_mask_token_carries_mass(setting, flatte
 def test_mask_suppression_goes_before_the_first_warper():
     from transformers import RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopPLogitsWarper
 
-    from transformers_space.verify import SuppressMaskTokenLogitsProcessor, with_mask_suppressed
+    from transformers_space.decoding.verify import SuppressMaskTokenLogitsProcessor, with_mask_suppressed
 
     processors = LogitsProcessorList([RepetitionPenaltyLogitsProcessor(1.2), TemperatureLogitsWarper(0.7),
                                       TopPLogitsWarper(0.9)])

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 from transformers.integrations import sdpa_attention
 
 from transformers_space import add_space_support
-from transformers_space.planning import SpaceLayoutPlan
+from transformers_space.decoding.planning import SpaceLayoutPlan
 
 WIDE = 64  # wide enough for the weights-first product (kernels.MIN_WEIGHT_SIDE)
 
@@ -30,8 +30,8 @@ def wide_model(mode: str, seed: int = 0):
 
 CALLS = {
     "plain": dict(use_space=False),
-    "space_weights_first": dict(use_space=True, space_layout=SpaceLayoutPlan(3, (0, 1, 2, 3), weights_first=True)),
-    "space_one_mask": dict(use_space=True, space_layout=SpaceLayoutPlan(1, (0, 1), weights_first=True)),
+    "space_weights_first": dict(use_space=True, space_layout=SpaceLayoutPlan(3, (0, 1, 2, 3), kernels="weights_first")),
+    "space_one_mask": dict(use_space=True, space_layout=SpaceLayoutPlan(1, (0, 1), kernels="weights_first")),
     "space_default_kernel": dict(use_space=True, space_layout=SpaceLayoutPlan(2, (0, 1, 2))),
 }
 

@@ -18,7 +18,7 @@ from toy_language import space_vs_plain, toy_model, toy_prompts, toy_rows, train
 from transformers import AutoModelForCausalLM, TrainerCallback
 
 from transformers_space import SpaceConfig, load_space_model
-from transformers_space.gated import GatedLoraAdapter, GatedMaskEmbedding
+from transformers_space.decoding.gated import GatedLoraAdapter, GatedMaskEmbedding
 from transformers_space.training import SpaceTrainer
 
 K = 4

@@ -9,7 +9,7 @@ import torch
 from tiny_models import tiny_model
 from transformers import DynamicCache
 
-from transformers_space.compat import cache_argument_name
+from transformers_space.decoding.compat import cache_argument_name
 from transformers_space.training import SpaceDataCollator, valid_block_starts
 
 M = 99  # the mask token id in these tests

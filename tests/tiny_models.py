@@ -24,7 +24,7 @@ from transformers import (
     Qwen3Config,
 )
 
-from transformers_space import add_space_support
+from transformers_space import SUPPORTED_MODEL_TYPES, add_space_support
 
 VOCAB = 48
 COMMON = dict(vocab_size=VOCAB, bos_token_id=None, eos_token_id=None, pad_token_id=0)
@@ -47,7 +47,7 @@ CONFIGS = {
            "max_position_embeddings": 512, **COMMON, **kw}
     ),
 }
-ARCHITECTURES = tuple(CONFIGS)
+ARCHITECTURES = SUPPORTED_MODEL_TYPES  # the test matrix is the table (test_architectures.py)
 
 RESIDUAL_OUTPUTS = ("o_proj", "down_proj", "c_proj", "dense", "dense_4h_to_h")
 

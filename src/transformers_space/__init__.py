@@ -1,10 +1,17 @@
-"""transformers-space: lossless faster decoding for transformers causal LMs (SPACE, arXiv 2402.11809)."""
+"""transformers-space: lossless faster decoding for transformers causal LMs (SPACE, arXiv 2402.11809).
 
-from .candidates import SpaceCandidateGenerator
-from .configuration import SpaceConfig
-from .decoding import SpaceGenerateOutput, space_decoding
-from .gated import install_gated_adapters, remove_gated_adapters
-from .generation import SpaceGenerationMixin, SuppressMaskTokenLogitsProcessor
+Layout: `decoding/` (what a saved model runs with: schema, loop, pass, kernels, gated adapters; flat because it
+ships as remote code), `modeling.py` (`add_space_support`), `training/` (SAR-SFT), `hub/` (export, adapters,
+`AutoSpaceModelForCausalLM`), `bench/` (methods, runner, report), `cli.py` and `demo.py` at the top.
+"""
+
+from .decoding.candidates import SpaceCandidateGenerator
+from .decoding.configuration import SpaceConfig
+from .decoding.gated import install_gated_adapters, remove_gated_adapters
+from .decoding.generation import SpaceGenerationMixin
+from .decoding.loop import SpaceGenerateOutput, space_decoding
+from .decoding.planning import SpaceLayoutPlan
+from .decoding.verify import SuppressMaskTokenLogitsProcessor
 from .modeling import SUPPORTED_MODEL_TYPES, add_space_support, load_space_model
 
 __version__ = "0.1.0"
@@ -16,6 +23,7 @@ __all__ = [
     "SpaceDataCollator",
     "SpaceGenerateOutput",
     "SpaceGenerationMixin",
+    "SpaceLayoutPlan",
     "SpaceTrainer",
     "SuppressMaskTokenLogitsProcessor",
     "__version__",

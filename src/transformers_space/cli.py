@@ -11,8 +11,10 @@ import logging
 import sys
 from collections.abc import Callable
 
-from . import bench, demo, hub
+from . import demo
 from .arguments import model_location, non_empty_text, positive_int
+from .bench import cli as bench_cli
+from .hub import publish
 from .prompts import AssetMissing
 from .training import cli as train_cli
 
@@ -24,7 +26,7 @@ Command = tuple[Callable[[argparse._SubParsersAction], argparse.ArgumentParser],
 def _generate_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("generate", help="Generate with SPACE and plain decoding, side by side.")
     parser.add_argument("--model", required=True, type=model_location,
-                        help="Folder or repo of a SPACE model (or any supported model).")
+                        help="Folder of a SPACE model, a gated adapter, or any supported plain model.")
     parser.add_argument("--prompt", action="append", required=True, type=non_empty_text,
                         help="Prompt text; repeat for a batch.")
     parser.add_argument("--max-new-tokens", type=positive_int, default=64)
@@ -37,23 +39,12 @@ def _generate_parser(subparsers) -> argparse.ArgumentParser:
 
 def _generate_run(args: argparse.Namespace) -> int:
     import torch
-    from transformers import AutoTokenizer
 
-    from .modeling import add_space_support, load_space_model
+    from .loading import load_model
+    from .prompts import encode_prompts
 
-    tokenizer = AutoTokenizer.from_pretrained(args.model, padding_side="left")
-    model = load_space_model(args.model, dtype=torch.float32).eval()  # the SPACE class keeps gated adapters
-    space_config = getattr(model.config, "space_config", None) or {}
-    model = add_space_support(model, tokenizer, space_config.get("num_mask_tokens", args.num_mask_tokens))
-    prompts = args.prompt
-    if args.chat:
-        prompts = [
-            tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-            for p in prompts
-        ]
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    inputs = tokenizer(prompts, return_tensors="pt", padding=True)
+    model, tokenizer = load_model(args.model, args.num_mask_tokens)
+    inputs = encode_prompts(tokenizer, args.prompt, chat=args.chat)
     common = dict(max_new_tokens=args.max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     space = model.generate(**inputs, use_space=True, return_dict_in_generate=True, **common)
     start = inputs["input_ids"].shape[1]
@@ -69,9 +60,9 @@ def _generate_run(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Command] = {
     "generate": (_generate_parser, _generate_run),
-    "bench": (bench.add_parser, bench.run),
+    "bench": (bench_cli.add_parser, bench_cli.run),
     "train": (train_cli.add_parser, train_cli.run),
-    "export": (hub.add_parser, hub.run),
+    "export": (publish.add_parser, publish.run),
     "demo": (demo.add_parser, demo.run),
 }
 

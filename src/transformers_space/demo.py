@@ -36,23 +36,23 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from .hub import load_space_adapter, shipped_adapter_dir
+    from .decoding.autotune import auto_plan
+    from .decoding.planning import SpaceLayoutPlan
+    from .hub import shipped_adapter_dir
+    from .loading import load_model
+    from .prompts import encode_prompts
 
     torch.set_num_threads(args.threads)
     folder = args.adapter or str(shipped_adapter_dir())
     print(f"Loading SmolLM2-135M-Instruct with the SPACE adapter from {folder} ...")
-    model, tokenizer = load_space_adapter(folder, dtype=torch.float32)
-    from .autotune import auto_plan
-    from .planning import SpaceLayoutPlan
+    model, tokenizer = load_model(folder)
 
     # choose the layout (this measures the machine) before any timing
     plan = auto_plan(model) if args.num_mask_tokens == "auto" else SpaceLayoutPlan.full(int(args.num_mask_tokens))
     print(f"Layout for this machine: {plan.to_dict()}")
     totals = {"plain": 0.0, "space": 0.0, "tokens": 0}
     for prompt in args.prompt or DEMO_PROMPTS:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                             add_generation_prompt=True)
-        inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+        inputs = encode_prompts(tokenizer, [prompt])
         common = dict(max_new_tokens=args.max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
         start = time.perf_counter()
         plain = model.generate(**inputs, use_space=False, **common)

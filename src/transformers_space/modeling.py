@@ -11,24 +11,29 @@ import logging
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
-from .compat import check_transformers_version
-from .configuration import SpaceConfig
-from .gated import has_gated_adapters, install_gated_adapters
-from .modeling_space import space_class_for
+from .decoding.architectures import SUPPORTED_MODEL_TYPES, arch_spec
+from .decoding.compat import check_transformers_version
+from .decoding.configuration import SpaceConfig
+from .decoding.gated import has_gated_adapters, install_gated_adapters
+from .decoding.modeling_space import space_class_for
 
 logger = logging.getLogger(__name__)
 
-# Architectures whose causal-LM forward is exactly `lm_head(base_model(...))` (so SPACE may run the body
-# and the head separately) and that the test suite proves lossless.
-SUPPORTED_MODEL_TYPES = ("gemma", "gpt2", "gpt_neox", "llama", "mistral", "olmo2", "phi3", "qwen2", "qwen3")
+__all__ = ["SUPPORTED_MODEL_TYPES", "add_space_support", "check_architecture", "load_space_model"]
+
 
 def check_architecture(model: PreTrainedModel) -> None:
+    """Refuse models outside the table of architectures (`decoding/architectures.py`), naming the supported ones."""
     config = model.config
-    if getattr(config, "is_encoder_decoder", False) or config.model_type not in SUPPORTED_MODEL_TYPES:
+    if getattr(config, "is_encoder_decoder", False):
         raise ValueError(
-            f"SPACE does not support the architecture {config.model_type!r} ({type(model).__name__}). "
-            f"Supported decoder-only architectures: {', '.join(SUPPORTED_MODEL_TYPES)}."
+            f"SPACE does not support the encoder-decoder {type(model).__name__}. Supported decoder-only "
+            f"architectures: {', '.join(SUPPORTED_MODEL_TYPES)}."
         )
+    try:
+        arch_spec(config.model_type)
+    except ValueError as error:
+        raise ValueError(f"{error} (model class {type(model).__name__})") from None
     if model.get_output_embeddings() is None:
         raise ValueError(f"{type(model).__name__} has no language-model head; load it with AutoModelForCausalLM.")
 
@@ -46,19 +51,19 @@ def add_space_support(model: PreTrainedModel, tokenizer=None, num_mask_tokens: i
     if not isinstance(model, PreTrainedModel):
         raise TypeError(f"`model` should be a transformers PreTrainedModel, got {type(model).__name__}.")
     check_architecture(model)
-    existing = getattr(model.config, "space_config", None)
-    if existing:
-        saved = {k: v for k, v in existing.items() if k not in ("mask_token_id", "version")}
-        space_config = SpaceConfig.from_dict({**saved, **options, "num_mask_tokens": num_mask_tokens})
+    if SpaceConfig.is_set(model):
+        existing = SpaceConfig.of(model)
+        requested = {**existing.to_dict(), **options, "num_mask_tokens": num_mask_tokens}
+        space_config = SpaceConfig.from_dict({k: v for k, v in requested.items() if k != "version"})
         space_config.mask_token_id = _reuse_mask_token(existing, space_config, tokenizer)
         _check_mode_change(model, existing, space_config)
     else:
         space_config = SpaceConfig(num_mask_tokens=num_mask_tokens, **options)
         space_config.mask_token_id = _add_mask_token(model, tokenizer, space_config.mask_token)
-    model.config.space_config = space_config.to_dict()
+    space_config.save_to(model)
     model.__class__ = space_class_for(type(model))
     if space_config.mode == "gated":
-        install_gated_adapters(model, model.config.space_config)
+        install_gated_adapters(model, space_config)
     if not hasattr(model.generation_config, "use_space"):
         model.generation_config.use_space = False
     return model
@@ -81,10 +86,10 @@ def _config_kwargs(kwargs: dict) -> dict:
     return {name: kwargs[name] for name in names if name in kwargs}
 
 
-def _check_mode_change(model: PreTrainedModel, existing: dict, requested: SpaceConfig) -> None:
+def _check_mode_change(model: PreTrainedModel, existing: SpaceConfig, requested: SpaceConfig) -> None:
     """Refuse mode changes that would silently lose or mix trained weights."""
     installed = has_gated_adapters(model)
-    if existing.get("mode") == "gated" and not installed:
+    if existing.mode == "gated" and not installed:
         raise ValueError(
             "This model's SPACE settings say it was trained in 'gated' mode, but it carries no gated adapters: "
             "the plain model class dropped them when loading. Load it with "
@@ -126,11 +131,10 @@ def _add_mask_token(model: PreTrainedModel, tokenizer, mask_token: str) -> int:
     return mask_token_id
 
 
-def _reuse_mask_token(existing: dict, requested: SpaceConfig, tokenizer) -> int:
-    saved = SpaceConfig.from_dict(existing)
+def _reuse_mask_token(saved: SpaceConfig, requested: SpaceConfig, tokenizer) -> int:
     if saved.num_mask_tokens != requested.num_mask_tokens or saved.mask_token != requested.mask_token:
         raise ValueError(
-            f"This model already has SPACE settings {existing}, which differ from the requested "
+            f"This model already has SPACE settings {saved.to_dict()}, which differ from the requested "
             f"num_mask_tokens={requested.num_mask_tokens}, mask_token={requested.mask_token!r}. "
             "Use the saved settings, or start from the original model."
         )

@@ -1,33 +1,41 @@
-"""Per-architecture SPACE presets from `hub_configs/presets/*.json` (shipped as package data).
+"""Deprecated: the per-family presets are now the table of architectures, `transformers_space.decoding.architectures`.
 
-A preset gives, for one family of architectures, the mask token, a default `num_mask_tokens`, the gated
-adapter's target modules, rank and alpha, and chat-template notes; the trainer and `export` fill unset
-`SpaceConfig` fields from it.
+`preset_for` and `all_presets` still answer, built from that table, with a DeprecationWarning.
 """
 
 from __future__ import annotations
 
-import json
-from functools import cache
-from importlib.resources import files
+import warnings
+from dataclasses import fields
+
+from .decoding.architectures import ARCHITECTURES, ArchSpec, arch_spec
+from .decoding.configuration import SpaceConfig
+
+_DEFAULTS = {f.name: f.default for f in fields(SpaceConfig)}
 
 
-@cache
+def _as_preset(spec: ArchSpec) -> dict:
+    return {
+        "family": spec.family, "model_types": list(spec.model_types), "mask_token": _DEFAULTS["mask_token"],
+        "num_mask_tokens": _DEFAULTS["num_mask_tokens"], "adapter_target_modules": list(spec.adapter_targets),
+        "adapter_rank": _DEFAULTS["adapter_rank"], "adapter_alpha": _DEFAULTS["adapter_alpha"],
+        "chat_template_notes": spec.chat_notes,
+    }
+
+
+def _warn() -> None:
+    warnings.warn("`transformers_space.presets` is deprecated; use `transformers_space.decoding.architectures`.",
+                  DeprecationWarning, stacklevel=3)
+
+
 def all_presets() -> dict[str, dict]:
-    """Family name -> preset."""
-    folder = files("transformers_space.hub_configs") / "presets"
-    presets = {}
-    for entry in folder.iterdir():
-        if entry.name.endswith(".json"):
-            preset = json.loads(entry.read_text())
-            presets[preset["family"]] = preset
-    return presets
+    _warn()
+    return {spec.family: _as_preset(spec) for spec in ARCHITECTURES}
 
 
 def preset_for(model_type: str) -> dict:
-    """The preset of the family `model_type` belongs to (a copy: callers may change it)."""
-    for preset in all_presets().values():
-        if model_type in preset["model_types"]:
-            return json.loads(json.dumps(preset))
-    supported = sorted(t for preset in all_presets().values() for t in preset["model_types"])
-    raise ValueError(f"No SPACE preset for model type {model_type!r}; presets exist for {', '.join(supported)}.")
+    _warn()
+    try:
+        return _as_preset(arch_spec(model_type))
+    except ValueError as error:
+        raise ValueError(f"No SPACE preset for model type {model_type!r}: {error}") from None

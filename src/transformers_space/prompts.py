@@ -149,3 +149,27 @@ def load_suites(names=SUITES, limit: int | None = None, cache_dir: str | Path | 
             continue
         suites[name] = prompts[:limit] if limit is not None else prompts
     return suites
+
+
+def chat_text(tokenizer, message: str) -> str:
+    """One user message as the model reads it: inside the tokenizer's chat template (with the generation
+    prompt) when it has one, else the raw text."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template([{"role": "user", "content": message}], tokenize=False,
+                                             add_generation_prompt=True)
+    return message
+
+
+def encode_prompts(tokenizer, messages: list[str], chat: bool = True) -> dict:
+    """Token ids and attention mask of a batch of user messages, left-padded as SPACE and batched `generate`
+    need; with `chat`, each inside the chat template (`chat_text`), whose special tokens are then not added
+    a second time."""
+    templated = chat and bool(getattr(tokenizer, "chat_template", None))
+    texts = [chat_text(tokenizer, m) for m in messages] if templated else list(messages)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    previous, tokenizer.padding_side = tokenizer.padding_side, "left"
+    try:
+        return dict(tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not templated))
+    finally:
+        tokenizer.padding_side = previous

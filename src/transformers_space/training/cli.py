@@ -47,7 +47,7 @@ class TrainScriptArguments:
 def dataclass_types() -> tuple[type, ...]:
     from transformers import TrainingArguments
 
-    from ..configuration import SpaceConfig
+    from ..decoding.configuration import SpaceConfig
 
     return TrainScriptArguments, SpaceConfig, TrainingArguments
 

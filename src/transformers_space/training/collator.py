@@ -1,4 +1,6 @@
-"""`SpaceDataCollator`: token lists in, SAR-SFT tensors out (SPACE.md section 2). Pure: no model, no tokenizer.
+"""`SpaceDataCollator`: token lists in, SAR-SFT tensors out (docs/method.md, "What the model learns").
+
+Pure: no model, no tokenizer.
 
 Notation: a row holds tokens x_0..x_{L-1} and labels (the token each position holds, -100 where it
 carries no loss, as in transformers). A mask block starting at s holds k mask tokens at positions
@@ -43,7 +45,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..layout import additive_mask
+from ..decoding.layout import additive_mask
 
 IGNORE = -100
 ONE_PASS, TRUNCATE = "one_pass", "truncate"

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from ..configuration import SpaceConfig
+from ..decoding.configuration import SpaceConfig
 from .collator import IGNORE, valid_block_starts
 
 ROW_KINDS = ("input_ids", "text", "messages")

@@ -33,6 +33,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..prompts import encode_prompts
+
 logger = logging.getLogger(__name__)
 
 SOURCES = ("code", "chat", "math")
@@ -216,12 +218,6 @@ def select_prompts(source: str, count: int, split: str = "train", seed: int = 0,
     return pool[:count]
 
 
-def chat_inputs(tokenizer, prompts: Sequence[str]) -> list[str]:
-    """Each prompt as one user turn, through the tokenizer's chat template, ready for generation."""
-    return [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-            for p in prompts]
-
-
 # --- answers, resumable ----------------------------------------------------------------------------------
 
 
@@ -259,16 +255,14 @@ def append_answers(model, tokenizer, prompts: Sequence[str], output: str | Path,
     todo = sorted((p for p in unique if p not in done), key=len)
     logger.info("%d of %d prompts already answered in %s; %d to go", len(unique) - len(todo), len(unique),
                 output, len(todo))
-    tokenizer.padding_side = "left"
-    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     batches = [todo[start : start + batch_size] for start in range(0, len(todo), batch_size)]
     random.Random(0).shuffle(batches)  # a stopped run leaves a mix of lengths and sources, not the short ones only
     written = 0
     with output.open("a", encoding="utf-8") as rows, output.with_name(output.name + ".skipped").open("a") as empty:
         for batch in tqdm(batches, desc="self-distillation", unit="batch"):
-            inputs = tokenizer(chat_inputs(tokenizer, batch), return_tensors="pt", padding=True,
-                               add_special_tokens=False)
-            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_token_id)
+            inputs = encode_prompts(tokenizer, list(batch))
+            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id)
             for prompt, ids in zip(batch, out[:, inputs["input_ids"].shape[1] :], strict=True):
                 reply = tokenizer.decode(ids, skip_special_tokens=True).strip()
                 if reply:

@@ -13,8 +13,8 @@ import os
 
 from transformers import PreTrainedModel
 
-from ..configuration import SpaceConfig
-from ..gated import default_target_modules, has_gated_adapters
+from ..decoding.configuration import MEASURED_FIELDS, SpaceConfig
+from ..decoding.gated import default_target_modules, has_gated_adapters
 from ..modeling import add_space_support
 
 SETTINGS_FILE = "space_config.json"
@@ -32,10 +32,10 @@ def prepare_model(model, tokenizer, space_config: SpaceConfig):
     options = {
         name: getattr(space_config, name)
         for name in space_config.to_dict()
-        if name not in ("num_mask_tokens", "mask_token_id", "version")
+        if name not in ("num_mask_tokens", *MEASURED_FIELDS)
     }
     model = add_space_support(model, tokenizer, space_config.num_mask_tokens, **options)
-    resolved = SpaceConfig.from_dict(model.config.space_config)
+    resolved = SpaceConfig.of(model)
     if resolved.mode == "full":
         model.requires_grad_(True)
     elif resolved.mode == "lora":
@@ -45,10 +45,9 @@ def prepare_model(model, tokenizer, space_config: SpaceConfig):
 
 def check_existing_settings(model: PreTrainedModel, requested: SpaceConfig) -> None:
     """A model that already has SPACE settings may be trained further only with the same mask layout."""
-    existing = getattr(model.config, "space_config", None)
-    if not existing:
+    if not SpaceConfig.is_set(model):
         return
-    saved = SpaceConfig.from_dict(existing)
+    saved = SpaceConfig.of(model)
     names = ("num_mask_tokens", "mask_token")
     if saved.mode == "gated" and has_gated_adapters(model) and requested.mode == "gated":
         names += ("adapter_rank", "adapter_alpha", "adapter_target_modules")
@@ -101,7 +100,7 @@ def check_checkpoint_settings(checkpoint: str, space_config: SpaceConfig) -> Non
         with open(path) as handle:
             saved = json.load(handle)
     saved_config = SpaceConfig.from_dict(saved)
-    names = tuple(name for name in space_config.to_dict() if name != "version")
+    names = tuple(name for name in space_config.to_dict() if name not in ("version", "acceptance_rates"))
     differences = saved_config.differences(space_config, names)
     if differences:
         changes = ", ".join(f"{name}: checkpoint {old!r}, now {new!r}" for name, (old, new) in differences.items())

@@ -1,4 +1,4 @@
-"""`SpaceTrainer`: SAR-SFT (SPACE.md section 2) as a `transformers.Trainer` subclass.
+"""`SpaceTrainer`: SAR-SFT (docs/method.md, "What the model learns") as a `transformers.Trainer` subclass.
 
 It keeps `Trainer`'s signature and adds `space_config=` and `max_length=`. At construction it prepares the
 model for the chosen mode (`setup.py`), tokenises and checks every row (`data.py`) and builds the collator
@@ -37,9 +37,9 @@ import torch.nn.functional as F
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
-from ..compat import cache_argument_name, new_cache
-from ..configuration import SpaceConfig
-from ..gated import GatedLoraAdapter, GatedMaskEmbedding
+from ..decoding.compat import cache_argument_name, new_cache
+from ..decoding.configuration import SpaceConfig
+from ..decoding.gated import GatedLoraAdapter, GatedMaskEmbedding
 from .collator import IGNORE, SpaceDataCollator
 from .data import prepare_rows
 from .losses import mask_index_in_block, mask_token_losses

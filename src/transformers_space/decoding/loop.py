@@ -12,11 +12,14 @@ has one for the next column; columns are then committed one at a time through th
 exactly as plain decoding appends them, so finished rows are padded as transformers pads them and
 criteria see exactly the sequences plain decoding would show them.
 
-The loop runs under `torch.inference_mode()`, not only `no_grad`: a SPACE pass of a small model is ~2000
-small tensor operations (210 gated adapters in SmolLM2), and skipping autograd's version counters and
-view tracking made each pass ~8% faster on 2 CPU cores, where plain greedy `generate` gained 0-3%
-under the same mode (BENCHMARKS.md). The sequences, scores and logits handed back are cloned outside the
-mode (`outside_inference_mode`), so callers can edit them in place as usual; a returned cache (assisted
+The loop knows what a pass computes (`forward.py`), not how: the plan's `PassKernels` (`kernels.py`) supply
+the contexts a generate call and each pass open. What it may refuse is checked once, in `check_generation`,
+against the generation config transformers merged.
+
+The loop runs under `torch.inference_mode()`, not only `no_grad`: a SPACE pass of a small model is thousands of
+small tensor operations, and skipping autograd's version counters and view tracking pays on a CPU
+(BENCHMARKS.md, `benchmarks/inference_mode.py`). The sequences, scores and logits handed back are cloned outside
+the mode (`outside_inference_mode`), so callers can edit them in place as usual; a returned cache (assisted
 generation) holds inference tensors, which transformers only crops and appends to, never edits in place.
 
 Imports only torch, transformers and sibling modules (it ships as remote code).
@@ -24,30 +27,20 @@ Imports only torch, transformers and sibling modules (it ships as remote code).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from .candidates import SpaceCandidateGenerator
-from .compat import cache_argument_name, crop_cache, new_cache, user_cache_from_kwargs
-from .gated import decoding_products
-from .kernels import pass_kernels
-from .layout import (
-    INVALID,
-    PassLayout,
-    additive_mask,
-    build_pass_layout,
-    cache_positions_after_pass,
-    draft_rows,
-    prompt_positions,
-    restrict_to_window,
-)
+from .compat import crop_cache, new_cache, output_cache_field, user_cache_from_kwargs
+from .configuration import SpaceConfig
+from .forward import PassLogits, forward_block
+from .kernels import kernels_named
+from .layout import INVALID, PassLayout, build_pass_layout, cache_positions_after_pass, draft_rows, prompt_positions
 from .planning import SpaceLayoutPlan
 from .verify import greedy_verify, sampling_verify, with_mask_suppressed
-
-CACHE_FIELD = "cache" if "cache" in {f.name for f in fields(GenerateDecoderOnlyOutput)} else "past_key_values"
 
 
 @dataclass
@@ -56,20 +49,6 @@ class SpaceGenerateOutput(GenerateDecoderOnlyOutput):
 
     tokens_per_pass: list[list[int]] | None = None
     space_layout: dict | None = None  # the layout that ran: masks per group and which groups
-
-
-def space_settings(model) -> tuple[int, int]:
-    """(mask_token_id, num_mask_tokens) from `model.config.space_config`."""
-    space_config = getattr(model.config, "space_config", None)
-    if not space_config or space_config.get("mask_token_id") is None:
-        raise ValueError(
-            "This model has no SPACE settings (`config.space_config`). Prepare it with "
-            "`transformers_space.add_space_support(model, tokenizer)` or train it with `SpaceTrainer`."
-        )
-    num_mask_tokens = space_config.get("num_mask_tokens")
-    if not isinstance(num_mask_tokens, int) or num_mask_tokens < 1:
-        raise ValueError(f"`space_config['num_mask_tokens']` should be an int >= 1, got {num_mask_tokens!r}.")
-    return int(space_config["mask_token_id"]), num_mask_tokens
 
 
 def space_decoding(
@@ -88,17 +67,19 @@ def space_decoding(
 
     transformers hands a callable `custom_generate` none of generate's own `streamer` (5.17-5.24 pass it
     only the callable's extra parameters), so the streamer travels as `space_streamer`, and this loop
-    streams the prompt itself, as plain decoding does. `space_layout` (a `SpaceLayoutPlan` or its dict)
-    picks the masks per group and which groups run; default: the trained number of masks, every group.
+    streams the prompt itself, as plain decoding does. `space_layout` (a `SpaceLayoutPlan`) picks the masks
+    per group, which groups run and the pass kernels; default: every trained mask, every group.
     """
-    mask_token_id, trained_masks = space_settings(model)
-    plan = resolve_plan(space_layout, trained_masks)
-    _refuse_unsupported(model, input_ids, generation_config, synced_gpus, mask_token_id)
+    space_config = SpaceConfig.of(model)
+    mask_token_id = space_config.mask_token_id
+    plan = resolve_plan(space_layout, space_config.num_mask_tokens)
+    kernels = kernels_named(plan.kernels)
+    check_generation(model, input_ids, generation_config, synced_gpus, mask_token_id)
     logits_processor = with_mask_suppressed(logits_processor, mask_token_id)
     if space_streamer is not None:
         streamer = space_streamer
         streamer.put(input_ids.cpu())
-    with torch.inference_mode(), decoding_products(model):  # see the module docstring
+    with torch.inference_mode(), kernels.around_generate(model):  # see the module docstring
         state = DecodingState.start(model, input_ids, model_kwargs, generation_config, logits_processor)
         sampling = bool(generation_config.do_sample)
         drafter = SpaceCandidateGenerator(mask_token_id, plan.num_masks, logits_processor, sampling)
@@ -110,7 +91,7 @@ def space_decoding(
                 state.fresh_ids, state.fresh_positions, state.candidates, state.cache_positions, mask_token_id,
                 plan.num_masks, group_after=group_after, position_limit=position_limit,
             )
-            with pass_kernels(model, plan.weights_first):
+            with kernels.around_pass(model):
                 hidden = forward_block(model, layout, state.cache, state.cache_positions)
                 logits = PassLogits(head, hidden, layout)
             verify_logits = logits.verify()
@@ -122,7 +103,6 @@ def space_decoding(
                 )
             else:
                 accepted, next_token, scores = greedy_verify(verify_logits, state.candidates, scorer, active)
-            drafter.update_candidate_strategy(state.sequences, None, accepted[active])
             state.rows.emit(state.candidates, accepted, next_token, active, scores, verify_logits)
             new_columns = state.commit(stopping_criteria)
             if streamer is not None and new_columns is not None:
@@ -130,7 +110,7 @@ def space_decoding(
             if not state.unfinished.any():
                 break
             rows = draft_rows(layout, group_after, accepted, active)
-            with pass_kernels(model, plan.weights_first):
+            with kernels.around_pass(model):
                 drafter.set_draft_logits(logits.drafts(rows))
             drafts, draft_scores = drafter.get_candidates(state.rows.verified(state.sequences)[0])
             candidates = drafts[:, drafts.shape[1] - rows.shape[1] :]
@@ -253,92 +233,23 @@ class DecodingState:
             logits=self.logits,
             tokens_per_pass=self.rows.emitted_per_pass(),
             space_layout=plan.to_dict(),
-            **{CACHE_FIELD: cache},
+            **{output_cache_field(): cache},
         )
 
 
-def forward_block(model, layout: PassLayout, cache, cache_positions: torch.Tensor) -> torch.Tensor:
-    """Run the decoder body on one block; returns the last hidden states [batch, block, hidden].
-
-    The body runs without the LM head so that the head is applied only to the rows that are read.
-    """
-    body = model.base_model
-    dtype = body.get_input_embeddings().weight.dtype
-    attention_mask = attention_masks(model.config, layout, cache_positions, dtype)
-    outputs = body(
-        input_ids=layout.input_ids,
-        attention_mask=attention_mask,
-        position_ids=layout.position_ids,
-        use_cache=True,
-        **{cache_argument_name(type(body).forward): cache},
-    )
-    return outputs.last_hidden_state
-
-
-def attention_masks(config, layout: PassLayout, cache_positions: torch.Tensor, dtype: torch.dtype):
-    """The 4D float mask, or one per attention type for models that mix full and sliding-window layers."""
-    window = getattr(config, "sliding_window", None)
-    layer_types = getattr(config, "layer_types", None)
-
-    def masked(with_window: bool) -> torch.Tensor:
-        visible = layout.visible
-        if with_window and window is not None:
-            visible = restrict_to_window(visible, cache_positions, layout.block_positions, window)
-        return additive_mask(visible, dtype)
-
-    if layer_types:
-        kinds = set(layer_types)
-        if len(kinds) == 1:
-            return masked(kinds == {"sliding_attention"})
-        return {kind: masked(kind == "sliding_attention") for kind in kinds}
-    return masked(True)
-
-
-def resolve_plan(space_layout, trained_masks: int) -> SpaceLayoutPlan:
+def resolve_plan(space_layout: SpaceLayoutPlan | None, num_mask_tokens: int) -> SpaceLayoutPlan:
+    """The layout to run: the one given (checked against the `num_mask_tokens` the model was trained with), or
+    every trained mask in every group."""
     if space_layout is None:
-        return SpaceLayoutPlan.full(trained_masks)
-    plan = space_layout if isinstance(space_layout, SpaceLayoutPlan) else SpaceLayoutPlan(**space_layout)
-    if plan.num_masks > trained_masks:
+        return SpaceLayoutPlan.full(num_mask_tokens)
+    if not isinstance(space_layout, SpaceLayoutPlan):
+        raise TypeError(f"`space_layout` should be a SpaceLayoutPlan, got {type(space_layout).__name__}.")
+    if space_layout.num_masks > num_mask_tokens:
         raise ValueError(
-            f"The layout uses {plan.num_masks} masks per group but the model was trained with {trained_masks}; "
-            f"use at most {trained_masks}."
+            f"The layout uses {space_layout.num_masks} masks per group but the model was trained with "
+            f"{num_mask_tokens}; use at most {num_mask_tokens}."
         )
-    return plan
-
-
-class PassLogits:
-    """The LM head on the rows of a pass that are read: the verify rows, then the chosen drafts' rows.
-
-    Which mask rows hold the next drafts is known only after verification. When the pass has few rows
-    (MERGED_HEAD_ROWS), the head runs ONCE on the verify rows and every mask row: on a CPU a second call
-    for one or two rows costs about as much as the first (the head is ~20% of a small model's weights).
-    Otherwise the head runs twice, on exactly the rows read.
-    """
-
-    MERGED_HEAD_ROWS = 16
-
-    def __init__(self, head, hidden: torch.Tensor, layout: PassLayout):
-        self.head, self.hidden = head, hidden
-        self.num_verify = layout.verify_rows.shape[0]
-        mask_rows = layout.group_rows.flatten()
-        self.merged = self.num_verify + mask_rows.shape[0] <= self.MERGED_HEAD_ROWS
-        rows = torch.cat([layout.verify_rows, mask_rows]) if self.merged else layout.verify_rows
-        self.logits = head(hidden[:, rows]).float()
-        if self.merged:  # block row -> column of self.logits
-            self.column = torch.full((hidden.shape[1],), -1, dtype=torch.long, device=hidden.device)
-            self.column[rows] = torch.arange(rows.shape[0], device=hidden.device)
-
-    def verify(self) -> torch.Tensor:
-        """[batch, num_candidates + 1, vocab]."""
-        return self.logits[:, : self.num_verify]
-
-    def drafts(self, rows: torch.Tensor) -> torch.Tensor:
-        """[batch, n, vocab] logits of the draft rows [batch, n] (see `draft_rows`)."""
-        if self.merged:
-            columns = self.column[rows]
-            return self.logits.gather(1, columns[..., None].expand(-1, -1, self.logits.shape[-1]))
-        group_hidden = self.hidden.gather(1, rows[..., None].expand(-1, -1, self.hidden.shape[-1]))
-        return self.head(group_hidden).float()
+    return space_layout
 
 
 class VerificationScorer:
@@ -449,18 +360,34 @@ class RowBuffers:
         return torch.tensor(advancing, device=unfinished.device)
 
 
-def _refuse_unsupported(model, input_ids, generation_config, synced_gpus, mask_token_id) -> None:
-    """Checks repeated here (not only in the mixin) for users calling this via `custom_generate`."""
+def check_generation(model, input_ids, generation_config: GenerationConfig, synced_gpus: bool,
+                     mask_token_id: int) -> None:
+    """Refuse what SPACE cannot do, before any pass, saying what to change.
+
+    The one place that checks the merged generation config: `generate(use_space=True)` reaches it, and so does
+    a direct `generate(custom_generate=space_decoding)`. (`generation.space_generate` checks only what never
+    reaches this loop: `generate`'s own keyword arguments.)
+    """
     if (generation_config.num_beams or 1) > 1:
         raise ValueError(
             f"SPACE decoding cannot be combined with beam search (num_beams={generation_config.num_beams}). "
             "Use num_beams=1, or use_space=False for beam search."
         )
+    for name in ("prompt_lookup_num_tokens", "assistant_early_exit"):
+        if getattr(generation_config, name, None) is not None:
+            raise ValueError(
+                f"`use_space=True` cannot be combined with `{name}`: SPACE drafts with the model itself. "
+                f"Set `{name}` to None or pass use_space=False."
+            )
     if synced_gpus:
         raise ValueError("SPACE decoding does not support synced_gpus (ZeRO-3/FSDP generation); use use_space=False.")
     for flag in ("output_attentions", "output_hidden_states"):
         if getattr(generation_config, flag, False):
             raise ValueError(f"SPACE decoding cannot return `{flag}`; drop it or use use_space=False.")
+    if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+        raise ValueError(
+            f"SPACE decoding needs a non-empty prompt of token ids [batch, length], got shape {tuple(input_ids.shape)}."
+        )
     if (input_ids == mask_token_id).any():
         raise ValueError(
             f"The prompt contains the SPACE mask token (id {mask_token_id}), which is reserved for drafting. "

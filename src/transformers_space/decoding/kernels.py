@@ -1,0 +1,142 @@
+"""`PassKernels`: the contexts a SPACE generate call and each of its passes run under (the seam for kernels).
+
+The decoding loop knows nothing of how a pass is computed: it opens `kernels.around_generate(model)` once per
+`generate` call and `kernels.around_pass(model)` around each pass's forward and LM head. A layout plan names
+its kernels (`SpaceLayoutPlan.kernels`, a string, so that planning stays torch-free) and `PASS_KERNELS` maps the
+name to the object. A new kernel (a GPU attention kernel, a fused adapter path) is one subclass here and one
+entry in `PASS_KERNELS`; nothing in the loop changes. Both contexts must be thread-local: concurrent `generate`
+calls on one model must not see each other's switches.
+
+- "linear": transformers' own modules; the gated adapters' decoding products are prepared once per call
+  (`gated.decoding_products`, a no-op for models without gated adapters).
+- "weights_first": the same, plus the CPU product orientation below.
+
+The weights-first orientation of a pass's linear layers on a CPU, switched per thread:
+
+`F.linear` computes x @ W^T. For a pass of a few tokens on a CPU, MKL handles that shape badly: a pass of
+2-4 tokens through `F.linear` costs well over one single-token pass, although the weights are read once
+either way. The same product written weights-first, (W @ x^T)^T, is a tall-skinny GEMM that MKL streams
+well (BENCHMARKS.md, "pass kernel"). The values agree to float rounding (different summation order), which
+is the same difference as between a 1-token and a multi-token pass through `F.linear`; greedy verification
+compares argmaxes, and the benchmark checks every output against plain decoding.
+
+Which orientation is faster depends on the machine, so `autotune.auto_plan` measures both and records the
+choice in the plan (`SpaceLayoutPlan(..., kernels="weights_first")`).
+
+How it is switched, and why this way: nothing of torch or transformers is replaced. `pass_kernels(model, ...)`
+gives each `nn.Linear` of that model (once, idempotently) an instance `forward` that asks a thread-local
+flag which orientation to use; the flag is on only inside `weights_first_products()` in the calling thread.
+So a plain `generate` in another thread, on this model or any other, runs `F.linear` exactly as before
+while a SPACE pass multiplies weights-first (a torch function mode would also be thread-local, but it
+intercepts every torch call of a pass, a measurable share of a small model's pass on a CPU).
+
+`weights_first_products()` also serves plain decoding as a kernel-matched baseline (`transformers-space bench
+--methods plain_matched`, `generate(weights_first=True)`).
+
+Imports only torch and sibling modules (it ships as remote code).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import types
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .gated import decoding_products
+
+MAX_ROWS = 64  # the skinny shapes of decoding passes; `autotune` measures up to 48 tokens
+MIN_WEIGHT_SIDE = 64  # low-rank adapter matrices gain nothing; they keep F.linear
+_local = threading.local()  # .weights_first: this thread's switch
+_install_lock = threading.Lock()
+
+
+def weights_first_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.linear(x, weight, bias)` computed as (weight @ x^T)^T for up to MAX_ROWS rows on CPU; longer
+    inputs (a prompt's prefill), thin weights (adapters) and other devices use F.linear itself."""
+    if not uses_weights_first(x, weight):
+        return F.linear(x, weight, bias)
+    rows = x.reshape(-1, x.shape[-1])
+    out = torch.mm(weight, rows.t()).t().contiguous().reshape(*x.shape[:-1], weight.shape[0])
+    return out if bias is None else out + bias
+
+
+def uses_weights_first(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether `weights_first_linear` takes the weights-first product for these operands."""
+    return (x.device.type == "cpu" and x.dim() >= 2 and weight.dim() == 2 and min(weight.shape) >= MIN_WEIGHT_SIDE
+            and x.numel() <= MAX_ROWS * x.shape[-1])
+
+
+def weights_first_active() -> bool:
+    return getattr(_local, "weights_first", False)
+
+
+def _switchable_linear_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    if getattr(_local, "weights_first", False):
+        return weights_first_linear(x, self.weight, self.bias)
+    return F.linear(x, self.weight, self.bias)
+
+
+def enable_weights_first(model: nn.Module) -> nn.Module:
+    """Let `weights_first_products()` switch this model's `nn.Linear` layers (idempotent, thread-safe)."""
+    if getattr(model, "_space_switchable_linears", False):
+        return model
+    with _install_lock:
+        for module in model.modules():
+            if type(module) is nn.Linear and "forward" not in vars(module):
+                module.forward = types.MethodType(_switchable_linear_forward, module)
+        model._space_switchable_linears = True
+    return model
+
+
+@contextlib.contextmanager
+def weights_first_products(enabled: bool = True) -> Iterator[None]:
+    """While open in this thread (and `enabled`), switchable `nn.Linear` layers on CPU multiply weights-first."""
+    previous = getattr(_local, "weights_first", False)
+    _local.weights_first = enabled
+    try:
+        yield
+    finally:
+        _local.weights_first = previous
+
+
+class PassKernels:
+    """transformers' own modules for every pass; gated adapters' products prepared once per call."""
+
+    name = "linear"
+
+    def around_generate(self, model: nn.Module) -> AbstractContextManager:
+        """Opened once per SPACE `generate` call, around every pass of it."""
+        return decoding_products(model)
+
+    def around_pass(self, model: nn.Module) -> AbstractContextManager:
+        """Opened around one pass's forward and LM head."""
+        return contextlib.nullcontext()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class WeightsFirstKernels(PassKernels):
+    """As `PassKernels`, with the pass's large `nn.Linear` products computed weights-first on a CPU."""
+
+    name = "weights_first"
+
+    def around_pass(self, model: nn.Module) -> AbstractContextManager:
+        enable_weights_first(model)
+        return weights_first_products()
+
+
+PASS_KERNELS: dict[str, PassKernels] = {kernels.name: kernels for kernels in (PassKernels(), WeightsFirstKernels())}
+
+
+def kernels_named(name: str) -> PassKernels:
+    """The registered `PassKernels` called `name` (see `PASS_KERNELS`)."""
+    if name not in PASS_KERNELS:
+        raise ValueError(f"Unknown pass kernels {name!r}; registered: {', '.join(sorted(PASS_KERNELS))}.")
+    return PASS_KERNELS[name]

@@ -1,0 +1,87 @@
+"""Gated SPACE adapters as small separate folders: what a gated model adds to its base, a few MB.
+
+`save_space_adapter` writes the adapter and mask-embedding weights and the `SpaceConfig`; `load_space_adapter`
+puts them back onto the base model. The default model's trained adapter ships in `hub_configs/`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..decoding.configuration import MEASURED_FIELDS, SpaceConfig
+from ..modeling import add_space_support
+
+ADAPTER_WEIGHTS = "space_adapter.safetensors"
+ADAPTER_CONFIG = "space_adapter_config.json"
+SHIPPED_ADAPTER = "smollm2-135m-space-gated"  # in hub_configs/: the default model's trained adapter
+DEFAULT_BASE = "transformers-space:default"  # the offline SmolLM2-135M-Instruct of `assets.py`
+
+
+def shipped_adapter_dir() -> Path:
+    """The gated adapter for the offline default model that ships with the package (package data)."""
+    from importlib.resources import files
+
+    return Path(str(files("transformers_space.hub_configs") / SHIPPED_ADAPTER))
+
+
+def save_space_adapter(model, folder: str | Path, base_model: str | None = None) -> Path:
+    """Save only what a gated SPACE model adds to its base (adapters and mask embedding): a few MB.
+
+    `base_model` names what to load the adapter onto (a folder, a Hub id, or DEFAULT_BASE); by default
+    the model's own `name_or_path`.
+    """
+    from safetensors.torch import save_file
+
+    if not SpaceConfig.is_set(model) or SpaceConfig.of(model).mode != "gated":
+        raise ValueError("Only gated SPACE models have a separable adapter; use `save_pretrained` for the others.")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items() if ".space_" in name}
+    save_file(weights, folder / ADAPTER_WEIGHTS, metadata={"format": "pt"})
+    base = base_model or getattr(model.config, "_name_or_path", None) or DEFAULT_BASE
+    (folder / ADAPTER_CONFIG).write_text(json.dumps(
+        {"base_model": str(base), "model_type": model.config.model_type,
+         "space_config": SpaceConfig.of(model).to_dict()}, indent=2
+    ) + "\n")
+    return folder
+
+
+def load_space_adapter(folder: str | Path, model=None, tokenizer=None, **from_pretrained_kwargs):
+    """The base model (given, or named in the adapter's config) with the saved gated adapter: (model, tokenizer).
+
+    The adapter's weights must match the installed adapter exactly (no missing or unexpected key).
+    """
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = Path(folder)
+    settings = json.loads((folder / ADAPTER_CONFIG).read_text())
+    if model is None:
+        base = settings["base_model"]
+        if base == DEFAULT_BASE:
+            from ..assets import default_model_dir
+
+            base = default_model_dir()
+        model = AutoModelForCausalLM.from_pretrained(base, **from_pretrained_kwargs)
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(base)
+    saved = SpaceConfig.from_dict(settings["space_config"])
+    options = {k: v for k, v in saved.to_dict().items() if k not in ("num_mask_tokens", *MEASURED_FIELDS)}
+    model = add_space_support(model, tokenizer, saved.num_mask_tokens, **options)
+    space_config = SpaceConfig.of(model)
+    if space_config.mask_token_id != saved.mask_token_id:
+        raise ValueError(
+            f"The base gives the mask token id {space_config.mask_token_id}, the adapter was "
+            f"trained with {saved.mask_token_id}: load the adapter onto its own base model."
+        )
+    space_config.acceptance_rates = saved.acceptance_rates  # measured with these adapter weights
+    space_config.save_to(model)
+    weights = load_file(folder / ADAPTER_WEIGHTS)
+    expected = {name for name in model.state_dict() if ".space_" in name}
+    if set(weights) != expected:
+        raise ValueError(
+            f"{folder} does not fit this model: missing {sorted(expected - set(weights))[:3]}, unexpected "
+            f"{sorted(set(weights) - expected)[:3]}."
+        )
+    model.load_state_dict(weights, strict=False)
+    return model.eval(), tokenizer

@@ -1,0 +1,126 @@
+"""Export SPACE models as Hub-ready folders and push them (`transformers-space export`).
+
+A saved SPACE model folder already is a Hub repo (see `decoding/remote_code.py`): weights, config with
+`auto_map` and `space_config`, the remote code, `custom_generate/`, a model card. `export` turns any SPACE
+model folder (a trained checkpoint, a LoRA run) into such a clean folder; `push_to_hub` uploads it and fails
+fast, with a clear message, when the Hub cannot be reached.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+from ..decoding.configuration import SpaceConfig
+from ..modeling import load_space_model
+
+logger = logging.getLogger(__name__)
+
+
+def export(model_dir: str | Path, output_dir: str | Path, repo_id: str | None = None) -> Path:
+    """Write a Hub-ready folder for the SPACE model in `model_dir` (tokenizer included when present).
+
+    A LoRA run (a peft adapter folder) is merged into its base first, since the Hub folder must load with
+    transformers alone.
+    """
+    from transformers import AutoTokenizer
+
+    model_dir, output_dir = Path(model_dir), Path(output_dir)
+    if not (model_dir / "config.json").exists() and not (model_dir / "adapter_config.json").exists():
+        raise ValueError(f"{model_dir} holds no model (no config.json or adapter_config.json); pass a saved model.")
+    if output_dir.resolve() == model_dir.resolve():
+        raise ValueError("`output_dir` must differ from `model_dir`: export writes a fresh folder.")
+    model = _load_mergeable(model_dir)
+    if not SpaceConfig.is_set(model):
+        raise ValueError(
+            f"{model_dir} is not a SPACE model (its config has no `space_config`). Train it with `SpaceTrainer` "
+            "or prepare it with `add_space_support`, save it, then export."
+        )
+    output_dir.mkdir(parents=True, exist_ok=True)
+    from ..decoding.remote_code import write_model_card
+
+    if repo_id:  # the card's usage snippet names the repo
+        write_model_card(model.config, output_dir, repo_id=repo_id)
+    model.save_pretrained(output_dir)
+    try:
+        AutoTokenizer.from_pretrained(model_dir).save_pretrained(output_dir)
+    except (OSError, ValueError) as error:
+        logger.warning("No tokenizer saved with the export (%s); users need the base model's tokenizer.", error)
+    logger.info("Exported SPACE model to %s", output_dir)
+    return output_dir
+
+
+def _load_mergeable(model_dir: Path):
+    if (model_dir / "adapter_config.json").exists():
+        from peft import AutoPeftModelForCausalLM
+
+        return AutoPeftModelForCausalLM.from_pretrained(model_dir).merge_and_unload()
+    return load_space_model(model_dir)
+
+
+def push_to_hub(folder: str | Path, repo_id: str, private: bool = False, token: str | None = None) -> str:
+    """Upload an exported folder; fails within seconds when the Hub is unreachable, keeping the folder."""
+    from huggingface_hub import HfApi, constants
+
+    folder = Path(folder)
+    if not (folder / "config.json").exists():
+        raise ValueError(f"{folder} is not an exported model folder (no config.json); run `export` first.")
+    if constants.HF_HUB_OFFLINE:
+        raise ConnectionError(
+            f"HF_HUB_OFFLINE is set, so nothing can be pushed. {folder} is ready: upload it later with "
+            f"`huggingface-cli upload {repo_id} {folder}`."
+        )
+    endpoint = os.environ.get("HF_ENDPOINT", constants.ENDPOINT)
+    _check_reachable(endpoint, folder, repo_id)
+    api = HfApi(endpoint=endpoint, token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="Upload SPACE model")
+    return str(commit)
+
+
+def _check_reachable(endpoint: str, folder: Path, repo_id: str, timeout: float = 5.0) -> None:
+    """DNS and TCP to the Hub within `timeout` seconds (a lookup may hang, so it runs in a thread)."""
+    parsed = urlparse(endpoint)
+    host, port = parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)
+
+    def connect():
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        pool.submit(connect).result(timeout=timeout)
+    except (OSError, concurrent.futures.TimeoutError) as error:
+        raise ConnectionError(
+            f"Cannot reach the Hugging Face Hub at {endpoint} ({type(error).__name__}: {error}). Nothing was "
+            f"pushed; {folder} is ready: upload it later with `huggingface-cli upload {repo_id} {folder}`."
+        ) from error
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def add_parser(subparsers):
+    """`transformers-space export`: a Hub-ready folder, optionally pushed."""
+    from ..arguments import model_location
+
+    parser = subparsers.add_parser("export", help="Write a Hub-ready folder for a SPACE model; optionally push it.")
+    parser.add_argument("--model", required=True, type=model_location,
+                        help="Saved SPACE model (trainer output, checkpoint, LoRA run).")
+    parser.add_argument("--output-dir", required=True, help="Folder to write (must differ from --model).")
+    parser.add_argument("--push-to-hub", metavar="REPO_ID", help="Also upload the folder to this Hub repo.")
+    parser.add_argument("--private", action="store_true", help="Create the Hub repo as private.")
+    return parser
+
+
+def run(args) -> int:
+    folder = export(args.model, args.output_dir, repo_id=args.push_to_hub)
+    print(f"Hub-ready SPACE model written to {folder}")
+    if args.push_to_hub:
+        print(f"Pushed: {push_to_hub(folder, args.push_to_hub, private=args.private)}")
+    return 0
+
+
