@@ -14,7 +14,7 @@ from .decoding.planning import SpaceLayoutPlan
 from .decoding.verify import SuppressMaskTokenLogitsProcessor
 from .modeling import SUPPORTED_MODEL_TYPES, add_space_support, load_space_model
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "SUPPORTED_MODEL_TYPES",
