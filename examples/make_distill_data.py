@@ -5,10 +5,9 @@ ShareGPT first turns, generated word problems; never an evaluation set), from it
 heldout` makes evaluation rows for `--eval_data`: the held-out split is what `examples/heldout_acceptance.py`
 measures on, never training data). Rows are appended as they are made;
 rerunning the same command resumes where an interrupted run stopped, without redoing rows. Run it in the
-background with a log, e.g.
-
-    nohup python examples/make_distill_data.py --output data/distill_v4.jsonl --code 2500 --chat 2000 \
-        --math 500 --packages transformers torch accelerate huggingface_hub tqdm peft > data/distill.log 2>&1 &
+background with a log; the exact command of the shipped recipe is in `recipes/smollm2-135m-gated/recipe.sh`.
+`--answers-from` reuses a committed answer store (`--export-answers` writes one), so a new machine rebuilds the
+training file without generating again.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ import random
 import torch
 
 from transformers_space.assets import load_default_model
-from transformers_space.training.distill import append_answers, select_prompts
+from transformers_space.training.distill import append_answers, export_answers, select_prompts
 
 
 def main() -> None:
@@ -35,6 +34,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0, help="Which prompts of the split are drawn, and their order.")
+    parser.add_argument("--answers-from", metavar="STORE",
+                        help="An answer store (.jsonl.gz, see --export-answers): prompts answered there are not "
+                        "generated again.")
+    parser.add_argument("--export-answers", metavar="STORE",
+                        help="Only write the answers of --output (keyed by prompt hash, no prompt text) to STORE, "
+                        "to commit with the recipe; nothing is generated.")
     parser.add_argument("--split", choices=["train", "heldout"], default="train",
                         help="'heldout' only for evaluation rows (`transformers-space train --eval_data`), never "
                         "for training.")
@@ -44,13 +49,19 @@ def main() -> None:
         if getattr(args, name) < minimum:
             parser.error(f"--{name.replace('_', '-')} must be at least {minimum}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.export_answers:
+        count = export_answers(args.output, args.export_answers, args.max_new_tokens,
+                               "SmolLM2-135M-Instruct, Q4_1 GGUF dequantised to fp32, greedy")
+        logging.getLogger("make_distill_data").info("%d answers written to %s", count, args.export_answers)
+        return
     torch.set_num_threads(args.threads)
     prompts = (select_prompts("code", args.code, args.split, args.seed, args.packages)
                + select_prompts("chat", args.chat, args.split, args.seed)
                + select_prompts("math", args.math, args.split, args.seed))
     random.Random(args.seed).shuffle(prompts)
     model, tokenizer = load_default_model()
-    written = append_answers(model, tokenizer, prompts, args.output, args.max_new_tokens, args.batch_size)
+    written = append_answers(model, tokenizer, prompts, args.output, args.max_new_tokens, args.batch_size,
+                             answer_store=args.answers_from)
     logging.getLogger("make_distill_data").info("wrote %d rows to %s", written, args.output)
 
 

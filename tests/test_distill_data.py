@@ -1,5 +1,6 @@
 """Self-distillation data (training/distill.py): a fixed held-out split, prompt sources, resumable answers."""
 
+import gzip
 import json
 
 import pytest
@@ -84,3 +85,29 @@ def test_answers_are_appended_and_a_rerun_resumes_without_redoing_rows(tmp_path)
     assert append_answers(model, tokenizer, prompts, output, max_new_tokens=5, batch_size=3) == 3  # only the rest
     lines = output.read_text().splitlines()
     assert len(lines) == 7 and {json.loads(line)["messages"][0]["content"] for line in lines} == set(prompts)
+
+
+def test_an_answer_store_rebuilds_the_rows_without_generating(tmp_path, monkeypatch):
+    model, tokenizer = tiny_chat_model()
+    prompts = [f"w{i} w{i + 2} w{i + 1}" for i in range(1, 7)]
+    first = tmp_path / "first.jsonl"
+    append_answers(model, tokenizer, prompts[:4], first, max_new_tokens=5, batch_size=2)
+    (tmp_path / "first.jsonl.skipped").write_text(json.dumps("w3 w3") + "\n")  # a prompt answered empty
+    store = tmp_path / "answers.jsonl.gz"
+    assert distill.export_answers(first, store, max_new_tokens=5) == 5
+    assert "w1 w3 w2" not in gzip.decompress(store.read_bytes()).decode()  # keyed by hash: no prompt text
+    calls = []
+    real_generate = model.generate
+    monkeypatch.setattr(model, "generate", lambda *a, **k: calls.append(a or k["input_ids"]) or real_generate(*a, **k))
+    second = tmp_path / "second.jsonl"
+    written = append_answers(model, tokenizer, [*prompts, "w3 w3"], second, max_new_tokens=5, batch_size=8,
+                             answer_store=store)
+    assert written == 6 and len(calls) == 1 and calls[0].shape[0] == 2  # only the two unstored prompts ran
+    rows = {json.loads(line)["messages"][0]["content"]: json.loads(line)["messages"][1]["content"]
+            for line in second.read_text().splitlines()}
+    reference = {json.loads(line)["messages"][0]["content"]: json.loads(line)["messages"][1]["content"]
+                 for line in first.read_text().splitlines()}
+    assert {p: rows[p] for p in reference} == reference
+    assert json.loads((tmp_path / "second.jsonl.skipped").read_text()) == "w3 w3"
+    with pytest.raises(ValueError, match="--max-new-tokens 5"):
+        append_answers(model, tokenizer, prompts, tmp_path / "third.jsonl", max_new_tokens=9, answer_store=store)

