@@ -23,8 +23,9 @@ import time
 
 import torch
 
-from transformers_space.decoding import PassLogits, forward_block, gated
+from transformers_space.decoding import gated
 from transformers_space.decoding.compat import cache_argument_name, crop_cache, new_cache
+from transformers_space.decoding.forward import PassLogits, forward_block, lm_head_of
 from transformers_space.decoding.kernels import WeightsFirstKernels
 from transformers_space.decoding.layout import build_pass_layout
 from transformers_space.hub import load_space_adapter, shipped_adapter_dir
@@ -69,7 +70,7 @@ def main() -> None:
         start = time.perf_counter()
         with context(), WeightsFirstKernels().around_pass(model):
             hidden = forward_block(model, layout, cache, cache_positions)
-            PassLogits(model.get_output_embeddings(), hidden, layout)
+            PassLogits(lm_head_of(model), hidden, layout)
         seconds = time.perf_counter() - start
         crop_cache(cache, cached)
         return seconds

@@ -66,3 +66,19 @@ def test_moved_modules_keep_their_old_import_path(old):
         module = importlib.import_module(f"transformers_space.{old}")
     assert module is importlib.import_module(f"transformers_space.decoding.{old}")
     assert any(issubclass(w.category, DeprecationWarning) and f"decoding.{old}" in str(w.message) for w in caught)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_pass_logits_are_the_models_own_logits(arch):
+    """SPACE runs the body and the head separately: `lm_head_of` must give exactly what the family's forward
+    gives (soft-capped, scaled and divided logits included), or sampling and returned scores would differ."""
+    import torch
+
+    from transformers_space.decoding.forward import lm_head_of
+
+    model = tiny_model(arch, seed=3)
+    ids = torch.randint(1, 40, (2, 7), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = model(ids).logits
+        hidden = model.base_model(ids).last_hidden_state
+        assert torch.equal(lm_head_of(model)(hidden), expected)

@@ -11,6 +11,7 @@ bonus-token and stop-inside-a-run paths of SPACE decoding all occur.
 from __future__ import annotations
 
 import torch
+import transformers
 from transformers import (
     AutoModelForCausalLM,
     GemmaConfig,
@@ -46,10 +47,37 @@ CONFIGS = {
         **{"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
            "max_position_embeddings": 512, **COMMON, **kw}
     ),
+    # each switches on what the family does differently, small enough to bite in a 2-layer model: soft-capping with
+    # a small cap, sliding windows shorter than the prompts, scaled logits, layers without rotary embeddings,
+    # several experts with top-2 routing
+    "gemma2": lambda **kw: transformers.Gemma2Config(**{
+        **LLAMA_LIKE, "head_dim": 8, "final_logit_softcapping": 2.0, "attn_logit_softcapping": 3.0,
+        "sliding_window": 4, **kw}),
+    "gemma3_text": lambda **kw: transformers.Gemma3TextConfig(**{
+        **LLAMA_LIKE, "head_dim": 8, "num_hidden_layers": 3, "final_logit_softcapping": 2.0, "sliding_window": 4,
+        "sliding_window_pattern": 2, **kw}),
+    "granite": lambda **kw: transformers.GraniteConfig(**{
+        **LLAMA_LIKE, "logits_scaling": 4.0, "residual_multiplier": 0.5, "embedding_multiplier": 2.0,
+        "attention_multiplier": 0.2, **kw}),
+    "cohere": lambda **kw: transformers.CohereConfig(**{**LLAMA_LIKE, "logit_scale": 0.3, **kw}),
+    "smollm3": lambda **kw: transformers.SmolLM3Config(**{**LLAMA_LIKE, "no_rope_layer_interval": 2, **kw}),
+    "starcoder2": lambda **kw: transformers.Starcoder2Config(**{**LLAMA_LIKE, "sliding_window": 4, **kw}),
+    "phi": lambda **kw: transformers.PhiConfig(**{**LLAMA_LIKE, **kw}),
+    "glm4": lambda **kw: transformers.Glm4Config(**{**LLAMA_LIKE, "head_dim": 8, **kw}),
+    "olmo3": lambda **kw: transformers.Olmo3Config(**{**LLAMA_LIKE, "sliding_window": 4, **kw}),
+    "qwen3_moe": lambda **kw: transformers.Qwen3MoeConfig(**{
+        **LLAMA_LIKE, "head_dim": 8, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 16, **kw}),
+    "mixtral": lambda **kw: transformers.MixtralConfig(**{
+        **LLAMA_LIKE, "num_local_experts": 4, "num_experts_per_tok": 2, **kw}),
+    "olmoe": lambda **kw: transformers.OlmoeConfig(**{**LLAMA_LIKE, "num_experts": 4, "num_experts_per_tok": 2, **kw}),
+    "gpt_oss": lambda **kw: transformers.GptOssConfig(**{
+        **LLAMA_LIKE, "head_dim": 8, "num_local_experts": 4, "num_experts_per_tok": 2, "sliding_window": 4, **kw}),
 }
+# families whose attention sdpa cannot compute (soft-capped scores, attention sinks)
+EAGER_ONLY = ("gemma2", "gpt_oss")
 ARCHITECTURES = SUPPORTED_MODEL_TYPES  # the test matrix is the table (test_architectures.py)
 
-RESIDUAL_OUTPUTS = ("o_proj", "down_proj", "c_proj", "dense", "dense_4h_to_h")
+RESIDUAL_OUTPUTS = ("o_proj", "down_proj", "c_proj", "dense", "dense_4h_to_h", "fc2", "experts")
 
 
 def tiny_config(arch: str, **overrides):
@@ -64,10 +92,11 @@ def tiny_model(
     residual_scale: float = 0.5,
     favourite_strength: float = 1.0,
     dtype=torch.float32,
-    attn_implementation: str = "sdpa",
+    attn_implementation: str | None = None,
     **config_overrides,
 ):
-    """A random `arch` model with SPACE support, in eval mode."""
+    """A random `arch` model with SPACE support, in eval mode (sdpa attention where the family has it)."""
+    attn_implementation = attn_implementation or ("eager" if arch in EAGER_ONLY else "sdpa")
     torch.manual_seed(seed)
     config = tiny_config(arch, **config_overrides)
     model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation, dtype=dtype)

@@ -8,6 +8,8 @@ Imports only torch, transformers and sibling modules (it ships as remote code).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from .compat import cache_argument_name
@@ -51,18 +53,51 @@ def attention_masks(config, layout: PassLayout, cache_positions: torch.Tensor, d
     return masked(True)
 
 
+def lm_head_of(model) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The model's logits as a function of its last hidden states: the LM head, then what the family's
+    causal-LM forward does after it.
+
+    Some families do not stop at the head: Gemma 2 and 3 soft-cap the logits (`final_logit_softcapping`),
+    Granite divides them (`logits_scaling`), Cohere multiplies them (`logit_scale`). transformers exposes
+    these as config fields and applies them inline in each `forward`, so they are read from the config here,
+    in the order and with the operations of those forwards. Greedy argmaxes do not change under these
+    monotonic maps, but sampled tokens and returned scores do. `tests/test_architectures.py` checks, for every
+    supported family, that this equals `model(...).logits` exactly.
+    """
+    head = model.get_output_embeddings()
+    config = model.config.get_text_config()
+    softcap = getattr(config, "final_logit_softcapping", None)
+    divisor = getattr(config, "logits_scaling", None)
+    multiplier = getattr(config, "logit_scale", None)
+    if not softcap and divisor is None and multiplier is None:
+        return head
+
+    def logits(hidden: torch.Tensor) -> torch.Tensor:
+        out = head(hidden)
+        if softcap:
+            out = torch.tanh(out / softcap) * softcap
+        if divisor is not None:
+            out = out / divisor
+        if multiplier is not None:
+            out = out * multiplier
+        return out
+
+    return logits
+
+
 class PassLogits:
     """The LM head on the rows of a pass that are read: the verify rows, then the chosen drafts' rows.
 
     Which mask rows hold the next drafts is known only after verification. When the pass has few rows
     (MERGED_HEAD_ROWS), the head runs ONCE on the verify rows and every mask row: on a CPU a second call
-    for one or two rows costs about as much as the first (the head is ~20% of a small model's weights).
+    for one or two rows costs about as much as the first (the head is a large share of a small model's weights).
     Otherwise the head runs twice, on exactly the rows read.
     """
 
     MERGED_HEAD_ROWS = 16
 
-    def __init__(self, head, hidden: torch.Tensor, layout: PassLayout):
+    def __init__(self, head: Callable[[torch.Tensor], torch.Tensor], hidden: torch.Tensor, layout: PassLayout):
+        """`head`: hidden states to logits, as `lm_head_of(model)`."""
         self.head, self.hidden = head, hidden
         self.num_verify = layout.verify_rows.shape[0]
         mask_rows = layout.group_rows.flatten()

@@ -36,7 +36,7 @@ from transformers.generation.utils import GenerateDecoderOnlyOutput
 from .candidates import SpaceCandidateGenerator
 from .compat import crop_cache, new_cache, output_cache_field, user_cache_from_kwargs
 from .configuration import SpaceConfig
-from .forward import PassLogits, forward_block
+from .forward import PassLogits, forward_block, lm_head_of
 from .kernels import kernels_named
 from .layout import INVALID, PassLayout, build_pass_layout, cache_positions_after_pass, draft_rows, prompt_positions
 from .planning import SpaceLayoutPlan
@@ -83,7 +83,7 @@ def space_decoding(
         state = DecodingState.start(model, input_ids, model_kwargs, generation_config, logits_processor)
         sampling = bool(generation_config.do_sample)
         drafter = SpaceCandidateGenerator(mask_token_id, plan.num_masks, logits_processor, sampling)
-        head = model.get_output_embeddings()
+        head = lm_head_of(model)
         position_limit = getattr(model.config, "n_positions", None)
         while True:
             group_after = plan.groups_for(state.candidates.shape[1])

@@ -39,6 +39,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from ..decoding.compat import cache_argument_name, new_cache
 from ..decoding.configuration import SpaceConfig
+from ..decoding.forward import lm_head_of
 from ..decoding.gated import GatedLoraAdapter, GatedMaskEmbedding
 from .collator import IGNORE, SpaceDataCollator
 from .data import prepare_rows
@@ -185,7 +186,7 @@ class SpaceTrainer(Trainer):
             if self._wants_teacher(model):  # the base's logits at each mask's target position
                 hidden = prefix.last_hidden_state
                 rows = inputs["mask_position_ids"].clamp(max=hidden.shape[1] - 1)
-                teacher = unwrapped.get_output_embeddings()(
+                teacher = lm_head_of(unwrapped)(
                     hidden.gather(1, rows[..., None].expand(-1, -1, hidden.shape[-1]))
                 )
         outputs = model(
