@@ -20,7 +20,7 @@ import torch
 
 from .compat import cache_argument_name, new_cache
 from .configuration import SpaceConfig
-from .forward import forward_block
+from .forward import forward_block, without_autograd
 from .kernels import PASS_KERNELS, PassKernels
 from .layout import build_pass_layout
 from .planning import SpaceLayoutPlan, acceptance_rates, choose_plan, expected_speedup
@@ -30,7 +30,6 @@ logger = logging.getLogger(__name__)
 MEASURED_TOKEN_COUNTS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 40, 48)  # short passes vary most
 
 
-@torch.inference_mode()  # as decoding runs its passes
 def measure_pass_costs(
     model, token_counts: Sequence[int] = MEASURED_TOKEN_COUNTS, context_length: int = 128, repeats: int = 3,
     kernels: PassKernels | None = None,
@@ -42,7 +41,11 @@ def measure_pass_costs(
     model's adapters (which run at mask positions only) are part of the cost. The token counts take turns
     within each of `repeats` rounds and each keeps its fastest round: other load only ever slows a pass, and
     a burst of it then cannot make one count look dearer than its neighbours and flip the plan."""
-    kernels = kernels or PassKernels()
+    with without_autograd(model):  # as decoding runs its passes
+        return _measure_pass_costs(model, token_counts, context_length, repeats, kernels or PassKernels())
+
+
+def _measure_pass_costs(model, token_counts, context_length, repeats, kernels) -> dict[int, float]:
     space_config = SpaceConfig.of(model)
     mask_token_id, num_mask_tokens = space_config.mask_token_id, space_config.num_mask_tokens
     device = model.get_input_embeddings().weight.device

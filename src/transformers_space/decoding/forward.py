@@ -53,6 +53,14 @@ def attention_masks(config, layout: PassLayout, cache_positions: torch.Tensor, d
     return masked(True)
 
 
+def without_autograd(model):
+    """The autograd mode SPACE's passes run in: `torch.inference_mode()` (see `loop.py`), or `no_grad` for a model
+    whose weights are tensor subclasses (quantized weights, e.g. optimum-quanto's int4), whose operations may
+    record versions that inference tensors do not have."""
+    subclassed = any(type(parameter.data) is not torch.Tensor for parameter in model.parameters())
+    return torch.no_grad() if subclassed else torch.inference_mode()
+
+
 def lm_head_of(model) -> Callable[[torch.Tensor], torch.Tensor]:
     """The model's logits as a function of its last hidden states: the LM head, then what the family's
     causal-LM forward does after it.

@@ -19,7 +19,8 @@ against the generation config transformers merged.
 The loop runs under `torch.inference_mode()`, not only `no_grad`: a SPACE pass of a small model is thousands of
 small tensor operations, and skipping autograd's version counters and view tracking pays on a CPU
 (BENCHMARKS.md, `benchmarks/inference_mode.py`). The sequences, scores and logits handed back are cloned outside
-the mode (`outside_inference_mode`), so callers can edit them in place as usual; a returned cache (assisted
+the mode (`outside_inference_mode`; models with quantized tensor-subclass weights run under `no_grad` instead,
+`forward.without_autograd`), so callers can edit them in place as usual; a returned cache (assisted
 generation) holds inference tensors, which transformers only crops and appends to, never edits in place.
 
 Imports only torch, transformers and sibling modules (it ships as remote code).
@@ -36,7 +37,7 @@ from transformers.generation.utils import GenerateDecoderOnlyOutput
 from .candidates import SpaceCandidateGenerator
 from .compat import crop_cache, new_cache, output_cache_field, user_cache_from_kwargs
 from .configuration import SpaceConfig
-from .forward import PassLogits, forward_block, lm_head_of
+from .forward import PassLogits, forward_block, lm_head_of, without_autograd
 from .kernels import kernels_named
 from .layout import INVALID, PassLayout, build_pass_layout, cache_positions_after_pass, draft_rows, prompt_positions
 from .planning import SpaceLayoutPlan
@@ -79,7 +80,7 @@ def space_decoding(
     if space_streamer is not None:
         streamer = space_streamer
         streamer.put(input_ids.cpu())
-    with torch.inference_mode(), kernels.around_generate(model):  # see the module docstring
+    with without_autograd(model), kernels.around_generate(model):  # see the module docstring
         state = DecodingState.start(model, input_ids, model_kwargs, generation_config, logits_processor)
         sampling = bool(generation_config.do_sample)
         drafter = SpaceCandidateGenerator(mask_token_id, plan.num_masks, logits_processor, sampling)
