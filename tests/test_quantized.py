@@ -15,6 +15,7 @@ from transformers import QuantoConfig
 from transformers_space import SpaceConfig, add_space_support, load_space_model
 from transformers_space.training import SpaceTrainer
 
+
 def quantized(arch: str, weights: str, seed: int = 1):
     model = tiny_model(arch, seed=seed, num_mask_tokens=3, drafty=True)
     quanto.quantize(model, weights={"int8": quanto.qint8, "int4": quanto.qint4}[weights])
