@@ -23,12 +23,14 @@ import time
 
 import torch
 
+from transformers_space import SpaceConfig
 from transformers_space.decoding import gated
 from transformers_space.decoding.compat import cache_argument_name, crop_cache, new_cache
 from transformers_space.decoding.forward import PassLogits, forward_block, lm_head_of
 from transformers_space.decoding.kernels import WeightsFirstKernels
 from transformers_space.decoding.layout import build_pass_layout
 from transformers_space.hub import load_space_adapter, shipped_adapter_dir
+from transformers_space.prompts import encode_prompts
 
 PROMPT = "Write a Python function that checks whether a string is a palindrome."
 
@@ -45,10 +47,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model, tokenizer = load_space_adapter(shipped_adapter_dir(), dtype=torch.float32)
     model.eval()
-    mask_token_id = model.config.space_config["mask_token_id"]
-    text = tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}], tokenize=False,
-                                         add_generation_prompt=True)
-    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
+    mask_token_id = SpaceConfig.of(model).mask_token_id
+    ids = encode_prompts(tokenizer, [PROMPT])["input_ids"]
     cache = new_cache()
     with torch.no_grad():
         body = model.base_model

@@ -20,21 +20,16 @@ import time
 import torch
 from transformers import AutoModelForCausalLM
 
+from transformers_space import SpaceConfig
 from transformers_space.arguments import int_or_auto
 from transformers_space.loading import load_model
-from transformers_space.prompts import load_suites
+from transformers_space.prompts import encode_prompts, load_suites
 
 
 def timed(fn, **kwargs):
     start = time.perf_counter()
     out = fn(**kwargs)
     return out, time.perf_counter() - start
-
-
-def encode(tokenizer, prompt: str) -> dict:
-    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                         add_generation_prompt=True)
-    return tokenizer(text, return_tensors="pt", add_special_tokens=False)
 
 
 def sampling_rows(model, tokenizer, prompts, max_new_tokens: int) -> list[dict]:
@@ -44,7 +39,7 @@ def sampling_rows(model, tokenizer, prompts, max_new_tokens: int) -> list[dict]:
         plain_time = space_time = tokens = passes = 0
         ratios = []
         for index, prompt in enumerate(prompts):
-            inputs = encode(tokenizer, prompt)
+            inputs = encode_prompts(tokenizer, [prompt])
             common = dict(max_new_tokens=max_new_tokens, top_k=0 if kwargs["do_sample"] else None, **kwargs)
             torch.manual_seed(index)
             plain, plain_seconds = timed(model.generate, **inputs, use_space=False, **common)
@@ -71,11 +66,11 @@ def assistant_rows(space_model, tokenizer, prompts, max_new_tokens: int) -> list
     plain_assistant.load_state_dict(space_model.state_dict(), strict=False)
     plain_assistant.eval()
     space_model.generation_config.use_space = True
-    mask_id = space_model.config.space_config["mask_token_id"]
+    mask_id = SpaceConfig.of(space_model).mask_token_id
     results = {"target alone": [0.0, 0], "assistant without SPACE": [0.0, 0], "assistant with SPACE": [0.0, 0]}
     identical = True
     for prompt in prompts:
-        inputs = encode(tokenizer, prompt)
+        inputs = encode_prompts(tokenizer, [prompt])
         common = dict(max_new_tokens=max_new_tokens, do_sample=False, suppress_tokens=[mask_id], use_cache=True)
         reference, seconds = timed(target.generate, **inputs, **common)
         results["target alone"][0] += seconds
@@ -107,7 +102,7 @@ def main() -> None:
         model.generation_config.num_mask_tokens = args.num_mask_tokens
     suites = load_suites(("chat", "code"), limit=args.prompts)
     prompts = [p.text for suite in suites.values() for p in suite]
-    model.generate(**encode(tokenizer, prompts[0]), max_new_tokens=4, use_space=True)  # warm-up
+    model.generate(**encode_prompts(tokenizer, [prompts[0]]), max_new_tokens=4, use_space=True)  # warm-up
     sampling = sampling_rows(model, tokenizer, prompts, args.max_new_tokens)
     assisted = assistant_rows(model, tokenizer, prompts, args.max_new_tokens)
     print("| decoding | SPACE tokens/pass | SPACE tok/s | median speedup vs plain (same decoding) |")

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from transformers_space.decoding.autotune import calibrate_acceptance
 from transformers_space.hub import ADAPTER_CONFIG, load_space_adapter
+from transformers_space.prompts import encode_prompts
 
 logger = logging.getLogger("calibrate_acceptance")
 
@@ -37,11 +38,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model, tokenizer = load_space_adapter(args.adapter, dtype=torch.float32)
     prompts = stdlib_function_prompts(args.code, args.seed) + sharegpt_prompts(args.chat, args.seed)
-    inputs = [
-        tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
-                                      return_tensors="pt", return_dict=True)["input_ids"]
-        for p in tqdm(prompts, desc="tokenising")
-    ]
+    inputs = [encode_prompts(tokenizer, [p])["input_ids"] for p in tqdm(prompts, desc="tokenising")]
     rates = calibrate_acceptance(model, inputs, max_new_tokens=args.max_new_tokens)
     path = Path(args.adapter) / ADAPTER_CONFIG
     settings = json.loads(path.read_text())
