@@ -49,7 +49,7 @@ def main() -> None:
     runs = [(name, space) for name in models for space in (False, True)]
     totals = {run: {"seconds": 0.0, "tokens": 0, "passes": 0} for run in runs}
     identical = {name: True for name in models}
-    for name, (model, _) in models.items():  # warm up, and let "auto" measure this model once
+    for model, _ in models.values():  # warm up, and let "auto" measure this model once
         model.generate(**encode_prompts(tokenizer, [prompts[0]]), **{**common, "max_new_tokens": 8}, use_space=True,
                        num_mask_tokens="auto")
         model.generate(**encode_prompts(tokenizer, [prompts[0]]), **{**common, "max_new_tokens": 8})
