@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-import transformers_space.decoding.loop as decoding
+import transformers_space.decoding.verify as verify
 
 torch.set_num_threads(2)
 
@@ -37,6 +37,6 @@ def verification_log(monkeypatch):
 
         return spy
 
-    monkeypatch.setattr(decoding, "greedy_verify", spying(decoding.greedy_verify))
-    monkeypatch.setattr(decoding, "sampling_verify", spying(decoding.sampling_verify))
+    monkeypatch.setattr(verify, "greedy_verify", spying(verify.greedy_verify))
+    monkeypatch.setattr(verify, "sampling_verify", spying(verify.sampling_verify))
     return log

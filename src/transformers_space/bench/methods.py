@@ -55,8 +55,7 @@ def _space_full(settings, model, draft_model) -> dict:
 
 
 def _space_default_kernel(settings, model, draft_model) -> dict:
-    plan = resolve_layout(model, settings.space_num_mask_tokens, None)
-    plan = replace(plan or SpaceLayoutPlan.full(SpaceConfig.of(model).num_mask_tokens), kernels="linear")
+    plan = replace(resolve_layout(model, settings.space_num_mask_tokens, None), kernels="linear")
     return {"use_space": True, "return_dict_in_generate": True, "space_layout": plan}
 
 

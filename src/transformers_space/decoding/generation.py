@@ -18,7 +18,7 @@ from transformers import GenerationConfig, LogitsProcessorList
 from .autotune import auto_plan
 from .configuration import SpaceConfig
 from .gated import install_gated_adapters
-from .kernels import WeightsFirstKernels
+from .kernels import kernels_named
 from .loop import space_decoding
 from .planning import SpaceLayoutPlan
 from .remote_code import write_custom_generate, write_model_card
@@ -90,10 +90,10 @@ def space_generate(model, base_generate, inputs=None, generation_config=None, lo
             "(`num_mask_tokens='auto'` measures each, or pass "
             "`space_layout=SpaceLayoutPlan(..., kernels='weights_first')`)."
         )
+    check_generate_kwargs(inputs, kwargs)  # before "auto" spends time measuring the machine
     if num_mask_tokens is None and space_layout is None:
         num_mask_tokens = _own_config(model, generation_config, "num_mask_tokens")
     plan = resolve_layout(model, num_mask_tokens, space_layout)
-    check_generate_kwargs(inputs, kwargs)
     return base_generate(
         inputs,
         generation_config,
@@ -105,9 +105,10 @@ def space_generate(model, base_generate, inputs=None, generation_config=None, lo
     )
 
 
-def resolve_layout(model, num_mask_tokens, space_layout) -> SpaceLayoutPlan | None:
+def resolve_layout(model, num_mask_tokens, space_layout) -> SpaceLayoutPlan:
     """The layout asked for: `num_mask_tokens` (an int up to the trained count, or "auto": chosen for this
-    machine, see `autotune.py`) or an explicit `space_layout` plan; None means every group, trained count."""
+    machine, see `autotune.py`) or an explicit `space_layout` plan; neither: every trained mask, every group.
+    (Whether the plan fits the trained count is checked once, by the loop's `resolve_plan`.)"""
     if num_mask_tokens is not None and space_layout is not None:
         raise ValueError("Pass either `num_mask_tokens` or `space_layout`, not both.")
     if space_layout is not None and not isinstance(space_layout, SpaceLayoutPlan):
@@ -118,12 +119,12 @@ def resolve_layout(model, num_mask_tokens, space_layout) -> SpaceLayoutPlan | No
         if isinstance(num_mask_tokens, bool) or not isinstance(num_mask_tokens, int) or num_mask_tokens < 1:
             raise ValueError(f'`num_mask_tokens` should be a positive int or "auto", got {num_mask_tokens!r}.')
         return SpaceLayoutPlan.full(num_mask_tokens)
-    return space_layout
+    return space_layout or SpaceLayoutPlan.full(SpaceConfig.of(model).num_mask_tokens)
 
 
 def _plain_kernels(model, weights_first: bool):
     """Plain decoding's kernels: transformers' own, or weights-first products as the kernel-matched baseline."""
-    return WeightsFirstKernels().around_pass(model) if weights_first else contextlib.nullcontext()
+    return kernels_named("weights_first").around_pass(model) if weights_first else contextlib.nullcontext()
 
 
 _local = threading.local()

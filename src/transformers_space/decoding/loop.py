@@ -41,7 +41,7 @@ from .forward import PassLogits, forward_block, lm_head_of, without_autograd
 from .kernels import kernels_named
 from .layout import INVALID, PassLayout, build_pass_layout, cache_positions_after_pass, draft_rows, prompt_positions
 from .planning import SpaceLayoutPlan
-from .verify import greedy_verify, sampling_verify, with_mask_suppressed
+from .verify import verify_pass, with_mask_suppressed
 
 
 @dataclass
@@ -98,12 +98,9 @@ def space_decoding(
             verify_logits = logits.verify()
             active = layout.block_positions[:, layout.num_fresh - 1] >= 0
             scorer = VerificationScorer(logits_processor, mask_token_id, state.rows.verified(state.sequences), state)
-            if sampling:
-                accepted, next_token, scores = sampling_verify(
-                    verify_logits, state.candidates, state.candidate_probs, scorer, active
-                )
-            else:
-                accepted, next_token, scores = greedy_verify(verify_logits, state.candidates, scorer, active)
+            accepted, next_token, scores = verify_pass(
+                verify_logits, state.candidates, state.candidate_probs, scorer, active, sampling
+            )
             state.rows.emit(state.candidates, accepted, next_token, active, scores, verify_logits)
             new_columns = state.commit(stopping_criteria)
             if streamer is not None and new_columns is not None:

@@ -112,6 +112,24 @@ def sampling_verify(
     return _verify_depths(verify_logits, score_fn, active, rule)
 
 
+def verify_pass(
+    verify_logits: torch.Tensor,
+    candidates: torch.Tensor,
+    candidate_probs: torch.Tensor | None,
+    score_fn: ScoreFn,
+    active: torch.Tensor,
+    sampling: bool,
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """The rule the decoding loop applies to one pass: sampling's when the generation samples, else greedy's.
+
+    The one place that chooses a rule; a new rule (e.g. a lossy, thresholded acceptance) is a function here and
+    a branch here, and the loop is untouched.
+    """
+    if sampling:
+        return sampling_verify(verify_logits, candidates, candidate_probs, score_fn, active)
+    return greedy_verify(verify_logits, candidates, score_fn, active)
+
+
 def residual_distribution(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """normalise(max(0, p - q)): where to draw from after rejecting a candidate drawn from q.
 
