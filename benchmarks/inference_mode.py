@@ -1,4 +1,4 @@
-"""Is plain greedy decoding faster under `torch.inference_mode()`? SPACE's loop runs in that mode (decoding.py).
+"""Is plain greedy decoding faster under `torch.inference_mode()`? SPACE's loop runs in that mode (decoding/loop.py).
 
 If plain `generate` gained as much from the mode, part of SPACE's figures would be the mode, not SPACE. This
 times plain greedy as `generate` runs it (`no_grad`) and inside `torch.inference_mode()`, and SPACE as

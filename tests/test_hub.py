@@ -147,6 +147,29 @@ def test_export_and_push_fail_fast_offline(tmp_path, monkeypatch):
         push_to_hub(out, "someone/space-tiny")
 
 
+def test_export_for_vllm_writes_a_plain_parallel_drafter(tmp_path):
+    """vLLM's parallel drafting reads `pard_token` from a plain architecture's config; the folder must load and
+    compute exactly as the SPACE model without remote code, and a gated model (hooks vLLM lacks) is refused."""
+    from transformers import AutoModelForCausalLM
+
+    model = space_models()["plain-llama"]
+    model.save_pretrained(tmp_path / "trained")
+    out = export(tmp_path / "trained", tmp_path / "vllm", for_vllm=True)
+    config = json.loads((out / "config.json").read_text())
+    assert config["pard_token"] == model.config.space_config["mask_token_id"]
+    assert config["architectures"] == ["LlamaForCausalLM"] and "auto_map" not in config
+    assert not list(out.rglob("*.py")) and not (out / "custom_generate").exists()
+    assert "use_space" not in json.loads((out / "generation_config.json").read_text())
+    plain = AutoModelForCausalLM.from_pretrained(out).eval()  # no trust_remote_code
+    assert type(plain).__name__ == "LlamaForCausalLM"
+    ids = torch.cat([random_prompts(1, 6, 2), torch.full((1, 3), config["pard_token"])], dim=1)  # PARD's input
+    with torch.no_grad():
+        assert torch.equal(plain(ids).logits, model(ids).logits)
+    space_models()["gated-qwen2"].save_pretrained(tmp_path / "gated")
+    with pytest.raises(ValueError, match="cannot be a vLLM parallel drafter"):
+        export(tmp_path / "gated", tmp_path / "vllm-gated", for_vllm=True)
+
+
 def test_export_refuses_non_space_models(tmp_path):
     from tiny_models import tiny_config
     from transformers import AutoModelForCausalLM

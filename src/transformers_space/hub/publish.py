@@ -21,11 +21,11 @@ from ..modeling import load_space_model
 logger = logging.getLogger(__name__)
 
 
-def export(model_dir: str | Path, output_dir: str | Path, repo_id: str | None = None) -> Path:
+def export(model_dir: str | Path, output_dir: str | Path, repo_id: str | None = None, for_vllm: bool = False) -> Path:
     """Write a Hub-ready folder for the SPACE model in `model_dir` (tokenizer included when present).
 
     A LoRA run (a peft adapter folder) is merged into its base first, since the Hub folder must load with
-    transformers alone.
+    transformers alone. `for_vllm`: a plain folder vLLM serves as a parallel drafter instead (`_save_for_vllm`).
     """
     from transformers import AutoTokenizer
 
@@ -43,15 +43,50 @@ def export(model_dir: str | Path, output_dir: str | Path, repo_id: str | None = 
     output_dir.mkdir(parents=True, exist_ok=True)
     from ..decoding.remote_code import write_model_card
 
-    if repo_id:  # the card's usage snippet names the repo
-        write_model_card(model.config, output_dir, repo_id=repo_id)
-    model.save_pretrained(output_dir)
+    if for_vllm:
+        _save_for_vllm(model, output_dir)
+    else:
+        if repo_id:  # the card's usage snippet names the repo
+            write_model_card(model.config, output_dir, repo_id=repo_id)
+        model.save_pretrained(output_dir)
     try:
         AutoTokenizer.from_pretrained(model_dir).save_pretrained(output_dir)
     except (OSError, ValueError) as error:
         logger.warning("No tokenizer saved with the export (%s); users need the base model's tokenizer.", error)
     logger.info("Exported SPACE model to %s", output_dir)
     return output_dir
+
+
+def _save_for_vllm(model, output_dir: Path) -> None:
+    """The model as vLLM's parallel drafting (PARD) reads a draft model: the plain transformers architecture (no
+    remote code, no `auto_map`) whose config names its mask token as `pard_token`.
+
+    A PARD drafter fills k masks after the accepted text in one pass, the last real token predicting the next
+    token and mask j the one after: what SAR-SFT trained. Only a model whose masks work WITHOUT extra modules
+    qualifies (mode 'full', or 'lora' merged); a gated adapter acts through hooks vLLM's model classes lack.
+    See docs/serving.md.
+    """
+    from transformers import AutoModelForCausalLM
+
+    space_config = SpaceConfig.of(model)
+    if space_config.mode == "gated":
+        raise ValueError(
+            "A gated SPACE model cannot be a vLLM parallel drafter: its masks need the gated adapters, which vLLM's "
+            "model classes do not run. Export a model trained with mode='full' (or 'lora', merged), or serve the "
+            "gated model with `generate(use_space=True)`."
+        )
+    config = model.config.__class__.from_dict(model.config.to_dict())
+    for name in ("auto_map", "custom_pipelines"):
+        if hasattr(config, name):
+            delattr(config, name)
+    config.pard_token = space_config.mask_token_id
+    plain = AutoModelForCausalLM.from_config(config, dtype=model.dtype)
+    plain.config.architectures = [type(plain).__name__]
+    plain.load_state_dict(model.state_dict(), strict=True)
+    plain.generation_config = model.generation_config
+    if hasattr(plain.generation_config, "use_space"):
+        del plain.generation_config.use_space
+    plain.save_pretrained(output_dir)
 
 
 def _load_mergeable(model_dir: Path):
@@ -113,12 +148,15 @@ def add_parser(subparsers):
     parser.add_argument("--output-dir", required=True, help="Folder to write (must differ from --model).")
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="Also upload the folder to this Hub repo.")
     parser.add_argument("--private", action="store_true", help="Create the Hub repo as private.")
+    parser.add_argument("--for-vllm", action="store_true",
+                        help="Write a plain folder that vLLM serves as a parallel draft model (its config names the "
+                        "mask token as `pard_token`); for models trained in mode full or lora.")
     return parser
 
 
 def run(args) -> int:
-    folder = export(args.model, args.output_dir, repo_id=args.push_to_hub)
-    print(f"Hub-ready SPACE model written to {folder}")
+    folder = export(args.model, args.output_dir, repo_id=args.push_to_hub, for_vllm=args.for_vllm)
+    print(f"{'vLLM parallel-drafter' if args.for_vllm else 'Hub-ready SPACE'} model written to {folder}")
     if args.push_to_hub:
         print(f"Pushed: {push_to_hub(folder, args.push_to_hub, private=args.private)}")
     return 0
