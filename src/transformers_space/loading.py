@@ -16,7 +16,7 @@ from .decoding.configuration import SpaceConfig
 
 
 def load_model(path: str | Path | None = None, num_mask_tokens: int = 4):
-    """(model, tokenizer) in fp32 with sdpa attention and SPACE support; default: the offline default model
+    """(model, tokenizer) in fp32 with SPACE support; default: the offline default model
     with the shipped gated adapter (as the demo).
 
     A gated adapter folder (`save_space_adapter`) loads onto its base; a SPACE model folder (its config has
@@ -29,7 +29,7 @@ def load_model(path: str | Path | None = None, num_mask_tokens: int = 4):
     from .modeling import add_space_support
 
     folder = Path(path) if path is not None else shipped_adapter_dir()
-    options = {"dtype": torch.float32, "attn_implementation": "sdpa"}
+    options = {"dtype": torch.float32}  # attention: transformers' default (sdpa, or eager where sdpa cannot serve)
     if (folder / ADAPTER_CONFIG).is_file():
         model, tokenizer = load_space_adapter(folder, **options)
         tokenizer.padding_side = "left"
@@ -68,7 +68,7 @@ def load_draft_model(path: str | Path, tokenizer):
             f"{len(set(ours.items()) ^ set(theirs.items()))} entries differ); assisted generation here needs the "
             "same tokenizer (universal assisted decoding across tokenizers is not benchmarked)."
         )
-    options = {"dtype": torch.float32, "attn_implementation": "sdpa"}
+    options = {"dtype": torch.float32}  # attention: transformers' default (sdpa, or eager where sdpa cannot serve)
     loader = AutoSpaceModelForCausalLM if _is_space_folder(folder) else AutoModelForCausalLM
     return loader.from_pretrained(folder, **options).eval()
 
