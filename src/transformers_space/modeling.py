@@ -53,8 +53,7 @@ def add_space_support(model: PreTrainedModel, tokenizer=None, num_mask_tokens: i
     check_architecture(model)
     if SpaceConfig.is_set(model):
         existing = SpaceConfig.of(model)
-        requested = {**existing.to_dict(), **options, "num_mask_tokens": num_mask_tokens}
-        space_config = SpaceConfig.from_dict({k: v for k, v in requested.items() if k != "version"})
+        space_config = SpaceConfig.from_dict({**existing.to_dict(), **options, "num_mask_tokens": num_mask_tokens})
         space_config.mask_token_id = _reuse_mask_token(existing, space_config, tokenizer)
         _check_mode_change(model, existing, space_config)
     else:

@@ -164,6 +164,11 @@ class SpaceConfig:
         """Write these settings into `config.space_config`, where `save_pretrained` carries them."""
         getattr(model_or_config, "config", model_or_config).space_config = self.to_dict()
 
+    def settings(self) -> dict[str, Any]:
+        """The fields a user chooses (all but the measured ones), as `add_space_support(model, tokenizer,
+        **settings)` takes them."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in MEASURED_FIELDS}
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..decoding.configuration import MEASURED_FIELDS, SpaceConfig
+from ..decoding.configuration import SpaceConfig
 from ..modeling import add_space_support
 
 ADAPTER_WEIGHTS = "space_adapter.safetensors"
@@ -66,8 +66,7 @@ def load_space_adapter(folder: str | Path, model=None, tokenizer=None, **from_pr
         model = AutoModelForCausalLM.from_pretrained(base, **from_pretrained_kwargs)
         tokenizer = tokenizer or AutoTokenizer.from_pretrained(base)
     saved = SpaceConfig.from_dict(settings["space_config"])
-    options = {k: v for k, v in saved.to_dict().items() if k not in ("num_mask_tokens", *MEASURED_FIELDS)}
-    model = add_space_support(model, tokenizer, saved.num_mask_tokens, **options)
+    model = add_space_support(model, tokenizer, **saved.settings())
     space_config = SpaceConfig.of(model)
     if space_config.mask_token_id != saved.mask_token_id:
         raise ValueError(

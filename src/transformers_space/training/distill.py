@@ -273,12 +273,13 @@ def append_answers(model, tokenizer, prompts: Sequence[str], output: str | Path,
             rows.write(json.dumps({"messages": messages}) + "\n")
             return 1
 
-        reused = [p for p in todo if prompt_key(p) in stored]
+        keys = {prompt: prompt_key(prompt) for prompt in todo}
+        reused = [prompt for prompt in todo if keys[prompt] in stored]
         for prompt in reused:
-            written += record(prompt, stored[prompt_key(prompt)])
+            written += record(prompt, stored[keys[prompt]])
         if reused:
             logger.info("%d answers taken from %s", len(reused), answer_store)
-        todo = [p for p in todo if prompt_key(p) not in stored]
+        todo = [prompt for prompt in todo if keys[prompt] not in stored]
         batches = [todo[start : start + batch_size] for start in range(0, len(todo), batch_size)]
         random.Random(0).shuffle(batches)  # a stopped run leaves a mix of lengths and sources, not the short ones
         for batch in tqdm(batches, desc="self-distillation", unit="batch"):

@@ -13,7 +13,7 @@ import os
 
 from transformers import PreTrainedModel
 
-from ..decoding.configuration import MEASURED_FIELDS, SpaceConfig
+from ..decoding.configuration import SpaceConfig
 from ..decoding.gated import default_target_modules, has_gated_adapters
 from ..modeling import add_space_support
 
@@ -29,12 +29,7 @@ def prepare_model(model, tokenizer, space_config: SpaceConfig):
     if not isinstance(model, PreTrainedModel):
         raise TypeError(f"`model` should be a transformers PreTrainedModel, got {type(model).__name__}.")
     check_existing_settings(model, space_config)
-    options = {
-        name: getattr(space_config, name)
-        for name in space_config.to_dict()
-        if name not in ("num_mask_tokens", *MEASURED_FIELDS)
-    }
-    model = add_space_support(model, tokenizer, space_config.num_mask_tokens, **options)
+    model = add_space_support(model, tokenizer, **space_config.settings())
     resolved = SpaceConfig.of(model)
     if resolved.mode == "full":
         model.requires_grad_(True)
