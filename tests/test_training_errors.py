@@ -143,6 +143,24 @@ def test_text_rows_and_max_length():
     assert rows[0] == {"input_ids": [3, 4, 5, 6, 7, 8], "labels": [3, 4, 5, 6, 7, 8]}
 
 
+def test_rows_whose_answer_truncation_cuts_off_are_dropped_with_a_warning(caplog):
+    tokenizer = tiny_tokenizer()
+    config = SpaceConfig(num_mask_tokens=2, mask_token_id=99)
+    long_prompt = {"input_ids": list(range(1, 13)), "labels": [-100] * 8 + [9, 10, 11, 12]}
+    kept = {"input_ids": list(range(1, 7)), "labels": [-100, 2, 3, 4, 5, 6]}
+    with caplog.at_level("WARNING", logger="transformers_space.training.data"):
+        rows = prepare_rows([long_prompt, kept], tokenizer, config, max_length=8)
+    assert list(rows) == [kept]
+    assert "Dropped 1 of 2 rows" in caplog.text and "Rows [0]" in caplog.text and "max_length=8" in caplog.text
+    # Without truncation the same row trains; with only such rows nothing is left, which is an error.
+    assert len(prepare_rows([long_prompt], tokenizer, config)) == 1
+    with pytest.raises(ValueError, match="no row keeps a token that carries loss"):
+        prepare_rows([long_prompt], tokenizer, config, max_length=8)
+    # A row that never carried loss is a data error whatever max_length is, named by its index.
+    with pytest.raises(ValueError, match=r"Rows \[1\] .*no token that carries loss"):
+        prepare_rows([kept, {"input_ids": [1, 2, 3], "labels": [-100] * 3}], tokenizer, config, max_length=8)
+
+
 def test_tokenised_rows_may_be_tensors_and_carry_labels():
     config = SpaceConfig(num_mask_tokens=2, mask_token_id=99)
     rows = prepare_rows([{"input_ids": torch.arange(1, 9), "labels": [-100, -100, 3, 4, 5, 6, 7, 8]}], None, config)

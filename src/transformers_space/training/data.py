@@ -9,10 +9,14 @@ with a message naming the row before any training step:
 - a row containing the mask token (it is reserved for mask positions; gated adapters rely on that);
 - a row too short for one mask block (when SAR blocks are trained at all);
 - a row longer than the model's sliding window or position limit once its mask blocks are appended.
+
+`max_length` truncates rows after these checks; a row whose loss the truncation cuts off (a prompt longer than
+`max_length`) can teach nothing, so it is dropped with a warning rather than failing the run.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -23,6 +27,8 @@ from .collator import IGNORE, valid_block_starts
 ROW_KINDS = ("input_ids", "text", "messages")
 EXTRA_FIELDS = {"input_ids": ("labels", "attention_mask"), "text": (), "messages": ()}
 MAX_LISTED = 5
+
+logger = logging.getLogger(__name__)
 
 
 class TokenizedRows(torch.utils.data.Dataset):
@@ -57,12 +63,41 @@ def prepare_rows(
             )
         if len(dataset) == 0:
             raise ValueError("The dataset is empty.")
-        rows = [_tokenize_row(dataset[index], index, tokenizer, max_length) for index in range(len(dataset))]
-    _check_rows(rows, space_config, model_config)
+        rows = [_tokenize_row(dataset[index], index, tokenizer) for index in range(len(dataset))]
+    _check_rows(rows, space_config)
+    if max_length is not None:
+        rows = _truncated(rows, max_length, space_config)
+    _check_lengths(rows, space_config, model_config)
     return TokenizedRows(rows)
 
 
-def _tokenize_row(row, index: int, tokenizer, max_length: int | None) -> dict[str, list[int]]:
+def _truncated(rows: list[dict], max_length: int, space_config: SpaceConfig) -> list[dict]:
+    """The rows cut to `max_length` tokens, without those the cut leaves with nothing to learn."""
+    cut = [{"input_ids": row["input_ids"][:max_length], "labels": row["labels"][:max_length]} for row in rows]
+    kept = [row for row in cut if _trainable(row, space_config)]
+    if not kept:
+        raise ValueError(
+            f"Truncated to max_length={max_length} tokens, no row keeps a token that carries loss (every prompt is "
+            "at least that long). Raise max_length."
+        )
+    if len(kept) < len(cut):
+        dropped = [i for i, row in enumerate(cut) if not _trainable(row, space_config)]
+        logger.warning(
+            "Dropped %d of %d rows: truncated to max_length=%d tokens, they keep no answer to learn from (their "
+            "prompts are about that long). Raise max_length to keep them. Rows %s.",
+            len(dropped), len(cut), max_length, _listed(dropped),
+        )
+    return kept
+
+
+def _trainable(row: dict, space_config: SpaceConfig) -> bool:
+    if all(label == IGNORE for label in row["labels"]):
+        return False
+    needs_block = space_config.mode == "gated" or space_config.sar_probability > 0
+    return not needs_block or bool(valid_block_starts(row["labels"], space_config.num_mask_tokens))
+
+
+def _tokenize_row(row, index: int, tokenizer) -> dict[str, list[int]]:
     if not isinstance(row, Mapping):
         raise TypeError(f"Row {index} should be a dict, got {type(row).__name__}.")
     kinds = [kind for kind in ROW_KINDS if kind in row]
@@ -91,8 +126,6 @@ def _tokenize_row(row, index: int, tokenizer, max_length: int | None) -> dict[st
         input_ids, labels = _from_text(row["text"], index, tokenizer) if kind == "text" else _from_messages(
             row["messages"], index, tokenizer
         )
-    if max_length is not None:
-        input_ids, labels = input_ids[:max_length], labels[:max_length]
     return {"input_ids": input_ids, "labels": labels}
 
 
@@ -167,7 +200,7 @@ def _from_messages(messages, index: int, tokenizer) -> tuple[list[int], list[int
     return input_ids, labels
 
 
-def _check_rows(rows: list[dict], space_config: SpaceConfig, model_config) -> None:
+def _check_rows(rows: list[dict], space_config: SpaceConfig) -> None:
     mask_id, k = space_config.mask_token_id, space_config.num_mask_tokens
     with_mask = [i for i, row in enumerate(rows) if mask_id in row["input_ids"]]
     if with_mask:
@@ -186,7 +219,6 @@ def _check_rows(rows: list[dict], space_config: SpaceConfig, model_config) -> No
                 "consecutive tokens that carry loss, after at least one token of context (row "
                 f"{short[0]} has {len(rows[short[0]]['input_ids'])} tokens). Drop these rows or lower num_mask_tokens."
             )
-    _check_lengths(rows, space_config, model_config)
 
 
 def _check_lengths(rows: list[dict], space_config: SpaceConfig, model_config) -> None:
