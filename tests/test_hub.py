@@ -266,6 +266,17 @@ def test_gated_adapter_alone_round_trip(tmp_path):
     with pytest.raises(ValueError, match="Only gated"):
         save_space_adapter(space_models()["plain-llama"], tmp_path / "nope")
 
+    # bf16 storage: half the bytes, loaded back as the model's fp32 weights rounded once to bf16.
+    save_space_adapter(model, tmp_path / "bf16", base_model=str(tmp_path / "base"), dtype=torch.bfloat16)
+    assert (tmp_path / "bf16" / "space_adapter.safetensors").stat().st_size < 0.6 * (
+        tmp_path / "adapter" / "space_adapter.safetensors").stat().st_size
+    small, _ = load_space_adapter(tmp_path / "bf16")
+    for name, tensor in model.state_dict().items():
+        expected = tensor.to(torch.bfloat16).float() if ".space_" in name else tensor
+        assert small.state_dict()[name].dtype == torch.float32 and torch.equal(small.state_dict()[name], expected)
+    with pytest.raises(TypeError, match="floating torch.dtype"):
+        save_space_adapter(model, tmp_path / "nope", dtype="bf16")
+
 
 def load_space_adapter_free_base(folder):
     from transformers import AutoModelForCausalLM, AutoTokenizer

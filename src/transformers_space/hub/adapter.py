@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from ..decoding.configuration import SpaceConfig
 from ..modeling import add_space_support
 
@@ -25,11 +27,15 @@ def shipped_adapter_dir() -> Path:
     return Path(str(files("transformers_space.hub_configs") / SHIPPED_ADAPTER))
 
 
-def save_space_adapter(model, folder: str | Path, base_model: str | None = None) -> Path:
+def save_space_adapter(
+    model, folder: str | Path, base_model: str | None = None, dtype: torch.dtype | None = None
+) -> Path:
     """Save only what a gated SPACE model adds to its base (adapters and mask embedding): a few MB.
 
     `base_model` names what to load the adapter onto (a folder, a Hub id, or DEFAULT_BASE); by default
-    the model's own `name_or_path`.
+    the model's own `name_or_path`. `dtype` (e.g. `torch.bfloat16`) stores the weights smaller; loading casts them
+    to the model's dtype. The adapter only acts at mask positions, so its rounding can change drafts, never
+    the verified output.
     """
     from safetensors.torch import save_file
 
@@ -37,7 +43,12 @@ def save_space_adapter(model, folder: str | Path, base_model: str | None = None)
         raise ValueError("Only gated SPACE models have a separable adapter; use `save_pretrained` for the others.")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    weights = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items() if ".space_" in name}
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"`dtype` should be a floating torch.dtype such as torch.bfloat16, got {dtype!r}.")
+    weights = {
+        name: tensor.detach().to(dtype or tensor.dtype).contiguous()
+        for name, tensor in model.state_dict().items() if ".space_" in name
+    }
     save_file(weights, folder / ADAPTER_WEIGHTS, metadata={"format": "pt"})
     base = base_model or getattr(model.config, "_name_or_path", None) or DEFAULT_BASE
     (folder / ADAPTER_CONFIG).write_text(json.dumps(
