@@ -170,6 +170,36 @@ def test_export_for_vllm_writes_a_plain_parallel_drafter(tmp_path):
         export(tmp_path / "gated", tmp_path / "vllm-gated", for_vllm=True)
 
 
+def test_export_adapter_only_command_line(tmp_path):
+    """A gated run's adapter alone, in bf16, through the CLI; it loads back onto the named base."""
+    from tiny_models import tiny_config, tiny_tokenizer
+    from transformers import AutoModelForCausalLM
+
+    from transformers_space.hub import load_space_adapter
+
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(tiny_config("llama")).save_pretrained(tmp_path / "base")
+    tiny_tokenizer().save_pretrained(tmp_path / "base")
+    model, tokenizer = load_space_adapter_free_base(tmp_path / "base")
+    randomise_gated_adapters(model, 4)
+    model.save_pretrained(tmp_path / "trained")
+    tokenizer.save_pretrained(tmp_path / "trained")
+    command = ["transformers-space", "export", "--model", str(tmp_path / "trained"), "--output-dir"]
+    done = subprocess.run([*command, str(tmp_path / "adapter"), "--adapter-only", "--base-model",
+                           str(tmp_path / "base"), "--dtype", "bfloat16"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    loaded, _ = load_space_adapter(tmp_path / "adapter")
+    for name, tensor in model.state_dict().items():
+        expected = tensor.to(torch.bfloat16).float() if ".space_" in name else tensor
+        assert torch.equal(loaded.state_dict()[name], expected), name
+    refused = subprocess.run([*command, str(tmp_path / "a2"), "--adapter-only"], capture_output=True, text=True,
+                             timeout=300)
+    assert refused.returncode != 0 and "needs --base-model" in refused.stderr
+    space_models()["plain-llama"].save_pretrained(tmp_path / "plain-space")
+    with pytest.raises(ValueError, match="Only gated"):
+        export(tmp_path / "plain-space", tmp_path / "a3", adapter_only=True)
+
+
 def test_export_refuses_non_space_models(tmp_path):
     from tiny_models import tiny_config
     from transformers import AutoModelForCausalLM

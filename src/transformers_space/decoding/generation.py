@@ -25,6 +25,25 @@ from .remote_code import write_custom_generate, write_model_card
 from .verify import SuppressMaskTokenLogitsProcessor
 
 
+@contextlib.contextmanager
+def _as_own_class(model):
+    """FSDP2's `fully_shard` swaps a model's class for a generated `FSDP<Name>` subclass; saved as is, the remote
+    code would name that class (and carry torch's FSDP sources). Save under the model's own class."""
+    cls = type(model)
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # torch without distributed support: nothing can have been sharded
+        FSDPModule = ()  # noqa: N806
+    if not (FSDPModule and issubclass(cls, FSDPModule)):
+        yield
+        return
+    model.__class__ = next(base for base in cls.__mro__ if not issubclass(base, FSDPModule))
+    try:
+        yield
+    finally:
+        model.__class__ = cls
+
+
 class SpaceGenerationMixin:
     """Put first in the bases of a causal LM class: `class SpaceLlama(SpaceGenerationMixin, LlamaForCausalLM)`."""
 
@@ -50,7 +69,8 @@ class SpaceGenerationMixin:
         # a config marked as derived from the model config drops extra attributes such as `use_space` on load
         config.use_space, config._from_model_config = True, False
         try:
-            super().save_pretrained(save_directory, *args, **kwargs)
+            with _as_own_class(self):
+                super().save_pretrained(save_directory, *args, **kwargs)
         finally:
             config.use_space, config._from_model_config = previous
         if kwargs.get("is_main_process", True):

@@ -21,11 +21,21 @@ from ..modeling import load_space_model
 logger = logging.getLogger(__name__)
 
 
-def export(model_dir: str | Path, output_dir: str | Path, repo_id: str | None = None, for_vllm: bool = False) -> Path:
+def export(
+    model_dir: str | Path,
+    output_dir: str | Path,
+    repo_id: str | None = None,
+    for_vllm: bool = False,
+    adapter_only: bool = False,
+    base_model: str | None = None,
+    dtype: str | None = None,
+) -> Path:
     """Write a Hub-ready folder for the SPACE model in `model_dir` (tokenizer included when present).
 
     A LoRA run (a peft adapter folder) is merged into its base first, since the Hub folder must load with
     transformers alone. `for_vllm`: a plain folder vLLM serves as a parallel drafter instead (`_save_for_vllm`).
+    `adapter_only`: a gated model's adapter alone (`save_space_adapter`: a few MB, loaded onto `base_model`,
+    stored in `dtype`, e.g. "bfloat16").
     """
     from transformers import AutoTokenizer
 
@@ -43,8 +53,15 @@ def export(model_dir: str | Path, output_dir: str | Path, repo_id: str | None = 
     output_dir.mkdir(parents=True, exist_ok=True)
     from ..decoding.remote_code import write_model_card
 
+    if for_vllm and adapter_only:
+        raise ValueError("Choose one of `for_vllm` and `adapter_only`.")
     if for_vllm:
         _save_for_vllm(model, output_dir)
+    elif adapter_only:
+        from .adapter import save_space_adapter
+
+        save_space_adapter(model, output_dir, base_model=base_model, dtype=_torch_dtype(dtype))
+        return output_dir  # the adapter loads with its base's tokenizer
     else:
         if repo_id:  # the card's usage snippet names the repo
             write_model_card(model.config, output_dir, repo_id=repo_id)
@@ -87,6 +104,17 @@ def _save_for_vllm(model, output_dir: Path) -> None:
     if hasattr(plain.generation_config, "use_space"):
         del plain.generation_config.use_space
     plain.save_pretrained(output_dir)
+
+
+def _torch_dtype(name: str | None):
+    import torch
+
+    if name is None:
+        return None
+    dtype = getattr(torch, name, None)
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"Unknown floating dtype {name!r}; use 'bfloat16', 'float16' or 'float32'.")
+    return dtype
 
 
 def _load_mergeable(model_dir: Path):
@@ -151,12 +179,25 @@ def add_parser(subparsers):
     parser.add_argument("--for-vllm", action="store_true",
                         help="Write a plain folder that vLLM serves as a parallel draft model (its config names the "
                         "mask token as `pard_token`); for models trained in mode full or lora.")
+    parser.add_argument("--adapter-only", action="store_true",
+                        help="For a gated model: write only its adapter (a few MB; `load_space_adapter` puts it back "
+                        "onto the base).")
+    parser.add_argument("--base-model", help="With --adapter-only: what the adapter loads onto (a folder, a Hub id, "
+                        "or 'transformers-space:default' for the offline default model); required with --adapter-only.")
+    parser.add_argument("--dtype", choices=["bfloat16", "float16", "float32"],
+                        help="With --adapter-only: storage dtype of the adapter weights (bfloat16 halves the size).")
     return parser
 
 
 def run(args) -> int:
-    folder = export(args.model, args.output_dir, repo_id=args.push_to_hub, for_vllm=args.for_vllm)
-    print(f"{'vLLM parallel-drafter' if args.for_vllm else 'Hub-ready SPACE'} model written to {folder}")
+    if args.adapter_only and not args.base_model:
+        raise SystemExit("export: --adapter-only needs --base-model (the model the adapter loads onto).")
+    if (args.base_model or args.dtype) and not args.adapter_only:
+        raise SystemExit("export: --base-model and --dtype apply to --adapter-only.")
+    folder = export(args.model, args.output_dir, repo_id=args.push_to_hub, for_vllm=args.for_vllm,
+                    adapter_only=args.adapter_only, base_model=args.base_model, dtype=args.dtype)
+    kind = "vLLM parallel-drafter" if args.for_vllm else "Gated adapter" if args.adapter_only else "Hub-ready SPACE"
+    print(f"{kind} {'' if args.adapter_only else 'model '}written to {folder}")
     if args.push_to_hub:
         print(f"Pushed: {push_to_hub(folder, args.push_to_hub, private=args.private)}")
     return 0

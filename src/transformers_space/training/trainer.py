@@ -39,10 +39,10 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from ..decoding.compat import cache_argument_name, new_cache
 from ..decoding.configuration import SpaceConfig
-from ..decoding.forward import lm_head_of
 from ..decoding.gated import GatedLoraAdapter, GatedMaskEmbedding
 from .collator import IGNORE, SpaceDataCollator
 from .data import prepare_rows
+from .distributed import fsdp_on_cpu
 from .losses import mask_index_in_block, mask_token_losses
 from .setup import check_checkpoint_settings, prepare_model, save_settings
 
@@ -100,6 +100,10 @@ class SpaceTrainer(Trainer):
         self._metric_sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), dtype=torch.float64))
         self._eval_sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), dtype=torch.float64))
         self.space_totals = {"sar_blocks": 0, "target_tokens": 0}
+
+    def create_accelerator_and_postprocess(self) -> None:
+        with fsdp_on_cpu(self.args):  # FSDP on CPU processes really shards (accelerate would fall back to DDP)
+            super().create_accelerator_and_postprocess()
 
     def make_collator(self, model, tokenizer) -> SpaceDataCollator:
         config = self.space_config
@@ -172,23 +176,29 @@ class SpaceTrainer(Trainer):
         return logits, targets[:, columns], is_mask, teacher, outputs
 
     def _gated_forward(self, model, inputs):
-        """Prefix once without gradients (frozen base, KV into a cache); then all mask blocks, with gradients."""
+        """Prefix once without gradients (frozen base, KV into a cache); then all mask blocks, with gradients.
+
+        Both passes call the whole (wrapped) model, never its body or head alone: FSDP and ZeRO-3 gather the
+        sharded weights in the root module's forward, so a bare `model.base_model(...)` or `lm_head(...)` would
+        find them sharded.
+        """
         unwrapped = self.accelerator.unwrap_model(model)
         base_training = _base_to_eval(unwrapped)
         cache = new_cache()
-        body = unwrapped.base_model
         teacher = None
+        wants_teacher = self._wants_teacher(model)
         with torch.no_grad():
-            prefix = body(
+            if wants_teacher:  # the base's logits at each mask's target position: the columns any row needs
+                targets_at = inputs["mask_position_ids"].clamp(max=inputs["input_ids"].shape[1] - 1)
+                columns = targets_at.unique()
+            prefix = model(
                 input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=True,
-                **{cache_argument_name(type(body).forward): cache},
+                logits_to_keep=columns if wants_teacher else 1,
+                **{cache_argument_name(type(unwrapped).forward): cache},
             )
-            if self._wants_teacher(model):  # the base's logits at each mask's target position
-                hidden = prefix.last_hidden_state
-                rows = inputs["mask_position_ids"].clamp(max=hidden.shape[1] - 1)
-                teacher = lm_head_of(unwrapped)(
-                    hidden.gather(1, rows[..., None].expand(-1, -1, hidden.shape[-1]))
-                )
+            if wants_teacher:
+                kept = torch.searchsorted(columns, targets_at)
+                teacher = prefix.logits.gather(1, kept[..., None].expand(-1, -1, prefix.logits.shape[-1]))
         outputs = model(
             input_ids=inputs["mask_input_ids"],
             attention_mask=inputs["mask_attention_mask"].to(self._mask_dtype(model)),
