@@ -148,23 +148,32 @@ def test_export_and_push_fail_fast_offline(tmp_path, monkeypatch):
 
 
 def test_export_for_vllm_writes_a_plain_parallel_drafter(tmp_path):
-    """vLLM's parallel drafting reads `pard_token` from a plain architecture's config; the folder must load and
-    compute exactly as the SPACE model without remote code, and a gated model (hooks vLLM lacks) is refused."""
+    """vLLM's parallel drafting reads `pard_token` from a plain architecture's config and wants the target's
+    vocabulary size. The tiny model's mask token is an appended row (id 48 of 49), so the export drops that row and
+    moves the mask embedding into an existing id; the folder loads without remote code and computes what the SPACE
+    model computes (on the target's vocabulary), and a gated model (hooks vLLM lacks) is refused."""
     from transformers import AutoModelForCausalLM
 
     model = space_models()["plain-llama"]
+    mask_id = model.config.space_config["mask_token_id"]
+    assert mask_id == model.config.vocab_size - 1
     model.save_pretrained(tmp_path / "trained")
-    out = export(tmp_path / "trained", tmp_path / "vllm", for_vllm=True)
+    with pytest.raises(ValueError, match="Pass pard_token_id"):
+        export(tmp_path / "trained", tmp_path / "refused", for_vllm=True)
+    out = export(tmp_path / "trained", tmp_path / "vllm", for_vllm=True, pard_token_id=40)
     config = json.loads((out / "config.json").read_text())
-    assert config["pard_token"] == model.config.space_config["mask_token_id"]
+    assert config["pard_token"] == 40 and config["vocab_size"] == mask_id and not config["tie_word_embeddings"]
     assert config["architectures"] == ["LlamaForCausalLM"] and "auto_map" not in config
     assert not list(out.rglob("*.py")) and not (out / "custom_generate").exists()
     assert "use_space" not in json.loads((out / "generation_config.json").read_text())
     plain = AutoModelForCausalLM.from_pretrained(out).eval()  # no trust_remote_code
     assert type(plain).__name__ == "LlamaForCausalLM"
-    ids = torch.cat([random_prompts(1, 6, 2), torch.full((1, 3), config["pard_token"])], dim=1)  # PARD's input
-    with torch.no_grad():
-        assert torch.equal(plain(ids).logits, model(ids).logits)
+    for seed in range(4):
+        prompt = random_prompts(1, 6, seed, high=40)  # prompts never hold the pard token
+        with torch.no_grad():  # PARD's input: the accepted text, then k pard tokens where SPACE puts masks
+            drafted = plain(torch.cat([prompt, torch.full((1, 3), 40)], dim=1)).logits
+            expected = model(torch.cat([prompt, torch.full((1, 3), mask_id)], dim=1)).logits[..., :mask_id]
+        assert torch.equal(drafted, expected)
     space_models()["gated-qwen2"].save_pretrained(tmp_path / "gated")
     with pytest.raises(ValueError, match="cannot be a vLLM parallel drafter"):
         export(tmp_path / "gated", tmp_path / "vllm-gated", for_vllm=True)

@@ -29,6 +29,8 @@ def export(
     adapter_only: bool = False,
     base_model: str | None = None,
     dtype: str | None = None,
+    pard_token_id: int | None = None,
+    target_vocab_size: int | None = None,
 ) -> Path:
     """Write a Hub-ready folder for the SPACE model in `model_dir` (tokenizer included when present).
 
@@ -56,7 +58,7 @@ def export(
     if for_vllm and adapter_only:
         raise ValueError("Choose one of `for_vllm` and `adapter_only`.")
     if for_vllm:
-        _save_for_vllm(model, output_dir)
+        _save_for_vllm(model, output_dir, pard_token_id, target_vocab_size)
     elif adapter_only:
         from .adapter import save_space_adapter
 
@@ -74,7 +76,8 @@ def export(
     return output_dir
 
 
-def _save_for_vllm(model, output_dir: Path) -> None:
+def _save_for_vllm(model, output_dir: Path, pard_token_id: int | None = None,
+                   target_vocab_size: int | None = None) -> None:
     """The model as vLLM's parallel drafting (PARD) reads a draft model: the plain transformers architecture (no
     remote code, no `auto_map`) whose config names its mask token as `pard_token`.
 
@@ -82,6 +85,12 @@ def _save_for_vllm(model, output_dir: Path) -> None:
     token and mask j the one after: what SAR-SFT trained. Only a model whose masks work WITHOUT extra modules
     qualifies (mode 'full', or 'lora' merged); a gated adapter acts through hooks vLLM's model classes lack.
     See docs/serving.md.
+
+    vLLM wants the drafter's vocabulary exactly the target's. When SPACE appended the mask token as a new last row
+    (the tokenizer had no spare row, e.g. SmolLM2), the drafter drops that row and its mask embedding moves into
+    the input row of `pard_token_id`, an existing token the prompts never contain (an unused special token); the
+    output head is untied and keeps every original row, so the drafter still proposes that token as before. The
+    target verifies every draft, so a poor choice costs acceptance, never correctness.
     """
     from transformers import AutoModelForCausalLM
 
@@ -92,14 +101,37 @@ def _save_for_vllm(model, output_dir: Path) -> None:
             "model classes do not run. Export a model trained with mode='full' (or 'lora', merged), or serve the "
             "gated model with `generate(use_space=True)`."
         )
+    mask_id, vocab = space_config.mask_token_id, model.config.vocab_size
+    target_vocab = target_vocab_size or (mask_id if mask_id == vocab - 1 else vocab)
+    if not 0 < target_vocab <= vocab:
+        raise ValueError(f"target_vocab_size={target_vocab} should be in 1..{vocab} (this model's vocabulary).")
     config = model.config.__class__.from_dict(model.config.to_dict())
     for name in ("auto_map", "custom_pipelines"):
         if hasattr(config, name):
             delattr(config, name)
-    config.pard_token = space_config.mask_token_id
+    state = model.state_dict()
+    if mask_id < target_vocab:
+        if pard_token_id not in (None, mask_id):
+            raise ValueError(f"The mask token (id {mask_id}) is in the target's vocabulary; leave pard_token_id unset.")
+        pard_token_id = mask_id
+    else:
+        if pard_token_id is None or not 0 <= pard_token_id < target_vocab:
+            raise ValueError(
+                f"The mask token (id {mask_id}) lies outside the target's {target_vocab}-token vocabulary, which vLLM "
+                f"requires the drafter to match. Pass pard_token_id (--pard-token-id): an id below {target_vocab} of "
+                "a token the prompts never contain, such as an unused special token; it takes the mask's embedding."
+            )
+        names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
+        embedding_key = names[id(model.get_input_embeddings().weight)]
+        head_key = names.get(id(model.get_output_embeddings().weight), "lm_head.weight")
+        for key in {embedding_key, head_key}:
+            state[key] = state[key][:target_vocab].clone()
+        state[embedding_key][pard_token_id] = model.get_input_embeddings().weight[mask_id].detach()
+        config.vocab_size, config.tie_word_embeddings = target_vocab, False
+    config.pard_token = pard_token_id
     plain = AutoModelForCausalLM.from_config(config, dtype=model.dtype)
     plain.config.architectures = [type(plain).__name__]
-    plain.load_state_dict(model.state_dict(), strict=True)
+    plain.load_state_dict(state, strict=True)
     plain.generation_config = model.generation_config
     if hasattr(plain.generation_config, "use_space"):
         del plain.generation_config.use_space
@@ -179,6 +211,13 @@ def add_parser(subparsers):
     parser.add_argument("--for-vllm", action="store_true",
                         help="Write a plain folder that vLLM serves as a parallel draft model (its config names the "
                         "mask token as `pard_token`); for models trained in mode full or lora.")
+    parser.add_argument("--pard-token-id", type=int,
+                        help="With --for-vllm, when SPACE appended the mask token as a new row: an existing token id "
+                        "(an unused special token) that carries the mask embedding, so the drafter keeps the "
+                        "target's vocabulary size as vLLM requires.")
+    parser.add_argument("--target-vocab-size", type=int,
+                        help="With --for-vllm: the target model's vocabulary size (default: this model's, less the "
+                        "mask row SPACE appended).")
     parser.add_argument("--adapter-only", action="store_true",
                         help="For a gated model: write only its adapter (a few MB; `load_space_adapter` puts it back "
                         "onto the base).")
@@ -195,7 +234,8 @@ def run(args) -> int:
     if (args.base_model or args.dtype) and not args.adapter_only:
         raise SystemExit("export: --base-model and --dtype apply to --adapter-only.")
     folder = export(args.model, args.output_dir, repo_id=args.push_to_hub, for_vllm=args.for_vllm,
-                    adapter_only=args.adapter_only, base_model=args.base_model, dtype=args.dtype)
+                    adapter_only=args.adapter_only, base_model=args.base_model, dtype=args.dtype,
+                    pard_token_id=args.pard_token_id, target_vocab_size=args.target_vocab_size)
     kind = "vLLM parallel-drafter" if args.for_vllm else "Gated adapter" if args.adapter_only else "Hub-ready SPACE"
     print(f"{kind} {'' if args.adapter_only else 'model '}written to {folder}")
     if args.push_to_hub:
