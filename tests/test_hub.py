@@ -174,6 +174,17 @@ def test_export_for_vllm_writes_a_plain_parallel_drafter(tmp_path):
             drafted = plain(torch.cat([prompt, torch.full((1, 3), 40)], dim=1)).logits
             expected = model(torch.cat([prompt, torch.full((1, 3), mask_id)], dim=1)).logits[..., :mask_id]
         assert torch.equal(drafted, expected)
+    # tied input and output embeddings (GPT-2): both keys are cut, the head keeps its original rows
+    tied = space_models()["gpt2"]
+    tied_mask = tied.config.space_config["mask_token_id"]
+    assert tied.config.tie_word_embeddings and tied_mask == tied.config.vocab_size - 1
+    tied.save_pretrained(tmp_path / "tied")
+    untied = AutoModelForCausalLM.from_pretrained(export(tmp_path / "tied", tmp_path / "vllm-tied", for_vllm=True,
+                                                         pard_token_id=40)).eval()
+    prompt = random_prompts(1, 6, 9, high=40)
+    with torch.no_grad():
+        assert torch.equal(untied(torch.cat([prompt, torch.full((1, 2), 40)], dim=1)).logits,
+                           tied(torch.cat([prompt, torch.full((1, 2), tied_mask)], dim=1)).logits[..., :tied_mask])
     space_models()["gated-qwen2"].save_pretrained(tmp_path / "gated")
     with pytest.raises(ValueError, match="cannot be a vLLM parallel drafter"):
         export(tmp_path / "gated", tmp_path / "vllm-gated", for_vllm=True)

@@ -121,9 +121,9 @@ def _save_for_vllm(model, output_dir: Path, pard_token_id: int | None = None,
                 f"requires the drafter to match. Pass pard_token_id (--pard-token-id): an id below {target_vocab} of "
                 "a token the prompts never contain, such as an unused special token; it takes the mask's embedding."
             )
-        names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
-        embedding_key = names[id(model.get_input_embeddings().weight)]
-        head_key = names.get(id(model.get_output_embeddings().weight), "lm_head.weight")
+        modules = {id(module): name for name, module in model.named_modules(remove_duplicate=False)}
+        embedding_key = modules[id(model.get_input_embeddings())] + ".weight"  # tied weights: two keys, one tensor
+        head_key = modules[id(model.get_output_embeddings())] + ".weight"
         for key in {embedding_key, head_key}:
             state[key] = state[key][:target_vocab].clone()
         state[embedding_key][pard_token_id] = model.get_input_embeddings().weight[mask_id].detach()
