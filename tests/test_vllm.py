@@ -62,6 +62,7 @@ def test_vllm_parallel_drafting_with_an_exported_space_drafter(tmp_path):
         expected = target.generate(torch.tensor([prompt]), max_new_tokens=24, do_sample=False)[0, len(prompt):]
         assert served == expected.tolist()
     # the drafter really drafted K tokens a step through its pard token: its first position is the target's own
-    # next-token prediction (same weights), so vLLM accepts it every time; the untrained masks rarely
+    # next-token prediction (same weights), so vLLM accepts it at every step but, at most, each request's last
+    # (where max_tokens leaves no room for it); the untrained masks rarely
     assert report["num_drafts"] > 0 and report["num_draft_tokens"] == K * report["num_drafts"]
-    assert report["accepted_per_position"][0] == report["num_drafts"]
+    assert report["num_drafts"] - len(prompts) <= report["accepted_per_position"][0] <= report["num_drafts"]
