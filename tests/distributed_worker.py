@@ -3,8 +3,9 @@
     python tests/distributed_worker.py ENGINE MODE OUTPUT_DIR                          # ENGINE single: one process
     torchrun --nproc_per_node 2 tests/distributed_worker.py ENGINE MODE OUTPUT_DIR     # ddp, zero2, zero3, fsdp2
 
-Every run sees the same global batch (8 rows a step, split over the processes), so the logged losses of a
-distributed run must match the single-process run's. Rank 0 writes the losses to OUTPUT_DIR/losses.json and the
+Every run sees the same global batch (8 rows of the toy language a step, split over the processes; all rows
+equally long, so every process's share carries as many loss tokens), so the logged losses of a distributed run
+must match the single-process run's. Rank 0 writes the losses to OUTPUT_DIR/losses.json and the
 trained SPACE model to OUTPUT_DIR.
 """
 
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import torch
 from tiny_models import tiny_config, tiny_tokenizer
+from toy_language import toy_rows
 from transformers import AutoModelForCausalLM, TrainingArguments
 
 from transformers_space import SpaceConfig, SpaceTrainer
@@ -31,17 +33,6 @@ ENGINES = {
     "zero3": {"deepspeed": str(REPO / "examples/accelerate/zero3.json")},
     "fsdp2": {"fsdp": "full_shard auto_wrap", "fsdp_config": str(REPO / "examples/accelerate/fsdp2_cpu.json")},
 }
-
-
-def toy_rows(count: int, seed: int = 0) -> list[dict]:
-    """Arithmetic progressions modulo the vocabulary: a language a tiny model learns in a few steps. All rows have
-    the same length, so every process's share of a batch carries as many loss tokens as any other."""
-    generator = torch.Generator().manual_seed(seed)
-    rows = []
-    for _ in range(count):
-        start, step = (int(x) for x in torch.randint(1, 47, (2,), generator=generator))
-        rows.append({"input_ids": [1 + (start + step * i) % 47 for i in range(ROW_LENGTH)]})
-    return rows
 
 
 def space_config_for(mode: str) -> SpaceConfig:
@@ -67,8 +58,8 @@ def main(engine: str, mode: str, output_dir: str) -> None:
         max_steps=STEPS, learning_rate=3e-3, lr_scheduler_type="constant", logging_steps=1, save_strategy="no",
         report_to="none", seed=0, dataloader_num_workers=0, disable_tqdm=True, **ENGINES[engine],
     )
-    trainer = SpaceTrainer(model=model, args=args, train_dataset=toy_rows(64), processing_class=tokenizer,
-                           space_config=space_config_for(mode))
+    trainer = SpaceTrainer(model=model, args=args, train_dataset=toy_rows(64, seed=0, length=ROW_LENGTH),
+                           processing_class=tokenizer, space_config=space_config_for(mode))
     trainer.train()
     trainer.save_model(output_dir)
     if trainer.is_world_process_zero():

@@ -192,16 +192,9 @@ def test_export_for_vllm_writes_a_plain_parallel_drafter(tmp_path):
 
 def test_export_adapter_only_command_line(tmp_path):
     """A gated run's adapter alone, in bf16, through the CLI; it loads back onto the named base."""
-    from tiny_models import tiny_config, tiny_tokenizer
-    from transformers import AutoModelForCausalLM
-
     from transformers_space.hub import load_space_adapter
 
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(tiny_config("llama")).save_pretrained(tmp_path / "base")
-    tiny_tokenizer().save_pretrained(tmp_path / "base")
-    model, tokenizer = load_space_adapter_free_base(tmp_path / "base")
-    randomise_gated_adapters(model, 4)
+    model, tokenizer = gated_model_on_saved_base(tmp_path / "base")
     model.save_pretrained(tmp_path / "trained")
     tokenizer.save_pretrained(tmp_path / "trained")
     command = ["transformers-space", "export", "--model", str(tmp_path / "trained"), "--output-dir"]
@@ -209,9 +202,7 @@ def test_export_adapter_only_command_line(tmp_path):
                            str(tmp_path / "base"), "--dtype", "bfloat16"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     loaded, _ = load_space_adapter(tmp_path / "adapter")
-    for name, tensor in model.state_dict().items():
-        expected = tensor.to(torch.bfloat16).float() if ".space_" in name else tensor
-        assert torch.equal(loaded.state_dict()[name], expected), name
+    assert_adapter_stored_in_bf16(loaded, model)
     refused = subprocess.run([*command, str(tmp_path / "a2"), "--adapter-only"], capture_output=True, text=True,
                              timeout=300)
     assert refused.returncode != 0 and "needs --base-model" in refused.stderr
@@ -296,16 +287,9 @@ def test_train_save_load_remote_generate_round_trip(mode, tmp_path):
 
 def test_gated_adapter_alone_round_trip(tmp_path):
     """A gated model's adapter saves on its own (a few MB) and loads back onto its base exactly."""
-    from tiny_models import tiny_config, tiny_tokenizer
-    from transformers import AutoModelForCausalLM
-
     from transformers_space.hub import load_space_adapter, save_space_adapter
 
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(tiny_config("llama")).save_pretrained(tmp_path / "base")
-    tiny_tokenizer().save_pretrained(tmp_path / "base")
-    model, tokenizer = load_space_adapter_free_base(tmp_path / "base")
-    randomise_gated_adapters(model, 4)
+    model, tokenizer = gated_model_on_saved_base(tmp_path / "base")
     save_space_adapter(model, tmp_path / "adapter", base_model=str(tmp_path / "base"))
     assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == [
         "space_adapter.safetensors", "space_adapter_config.json"]
@@ -321,11 +305,31 @@ def test_gated_adapter_alone_round_trip(tmp_path):
     assert (tmp_path / "bf16" / "space_adapter.safetensors").stat().st_size < 0.6 * (
         tmp_path / "adapter" / "space_adapter.safetensors").stat().st_size
     small, _ = load_space_adapter(tmp_path / "bf16")
-    for name, tensor in model.state_dict().items():
-        expected = tensor.to(torch.bfloat16).float() if ".space_" in name else tensor
-        assert small.state_dict()[name].dtype == torch.float32 and torch.equal(small.state_dict()[name], expected)
+    assert_adapter_stored_in_bf16(small, model)
     with pytest.raises(TypeError, match="floating torch.dtype"):
         save_space_adapter(model, tmp_path / "nope", dtype="bf16")
+
+
+def gated_model_on_saved_base(folder):
+    """A tiny Llama saved (with its tokenizer) to `folder`, loaded back with gated SPACE adapters of random weights:
+    (model, tokenizer)."""
+    from tiny_models import tiny_config, tiny_tokenizer
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(tiny_config("llama")).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    model, tokenizer = load_space_adapter_free_base(folder)
+    randomise_gated_adapters(model, 4)
+    return model, tokenizer
+
+
+def assert_adapter_stored_in_bf16(loaded, model) -> None:
+    """`loaded` holds `model`'s weights, its adapter ones rounded once to bf16 and read back as fp32."""
+    weights = loaded.state_dict()
+    for name, tensor in model.state_dict().items():
+        expected = tensor.to(torch.bfloat16).float() if ".space_" in name else tensor
+        assert weights[name].dtype == torch.float32 and torch.equal(weights[name], expected), name
 
 
 def load_space_adapter_free_base(folder):

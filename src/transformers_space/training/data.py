@@ -74,20 +74,21 @@ def prepare_rows(
 def _truncated(rows: list[dict], max_length: int, space_config: SpaceConfig) -> list[dict]:
     """The rows cut to `max_length` tokens, without those the cut leaves with nothing to learn."""
     cut = [{"input_ids": row["input_ids"][:max_length], "labels": row["labels"][:max_length]} for row in rows]
-    kept = [row for row in cut if _trainable(row, space_config)]
-    if not kept:
+    dropped = [i for i, row in enumerate(cut) if not _trainable(row, space_config)]
+    if len(dropped) == len(cut):
         raise ValueError(
             f"Truncated to max_length={max_length} tokens, no row keeps a token that carries loss (every prompt is "
             "at least that long). Raise max_length."
         )
-    if len(kept) < len(cut):
-        dropped = [i for i, row in enumerate(cut) if not _trainable(row, space_config)]
+    if dropped:
         logger.warning(
             "Dropped %d of %d rows: truncated to max_length=%d tokens, they keep no answer to learn from (their "
             "prompts are about that long). Raise max_length to keep them. Rows %s.",
             len(dropped), len(cut), max_length, _listed(dropped),
         )
-    return kept
+        skipped = set(dropped)
+        cut = [row for i, row in enumerate(cut) if i not in skipped]
+    return cut
 
 
 def _trainable(row: dict, space_config: SpaceConfig) -> bool:
