@@ -111,3 +111,11 @@ def test_an_answer_store_rebuilds_the_rows_without_generating(tmp_path, monkeypa
     assert json.loads((tmp_path / "second.jsonl.skipped").read_text()) == "w3 w3"
     with pytest.raises(ValueError, match="--max-new-tokens 5"):
         append_answers(model, tokenizer, prompts, tmp_path / "third.jsonl", max_new_tokens=9, answer_store=store)
+
+    # Exporting other rows into the store merges them in: the first file's answers stay, the new prompts join.
+    later = tmp_path / "later.jsonl"
+    later.write_text("".join(line + "\n" for line in second.read_text().splitlines()
+                             if json.loads(line)["messages"][0]["content"] in prompts[4:]))
+    assert distill.export_answers(later, store, max_new_tokens=5) == 7
+    stored = distill.stored_answers(store, max_new_tokens=5)
+    assert {distill.prompt_key(p): a for p, a in rows.items()}.items() <= stored.items()

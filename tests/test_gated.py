@@ -13,14 +13,20 @@ from tiny_models import left_padded, random_prompts, tiny_config, tiny_model
 
 from transformers_space import SpaceLayoutPlan, add_space_support
 from transformers_space.decoding import gated
-from transformers_space.decoding.gated import decoding_products, mask_column_span, remove_gated_adapters
+from transformers_space.decoding.gated import (
+    decoding_products,
+    mask_column_span,
+    mask_indices_in_groups,
+    masks_per_group,
+    remove_gated_adapters,
+)
 
 
-def gated_model(arch: str, seed: int, num_mask_tokens: int = 2, noise: float = 0.3):
+def gated_model(arch: str, seed: int, num_mask_tokens: int = 2, noise: float = 0.3, per_position: bool = False):
     """A tiny drafty model with gated adapters made random (untrained ones add nothing: B = 0); small `noise`
     keeps the drafts often right."""
     model = tiny_model(arch, seed=seed, num_mask_tokens=num_mask_tokens, drafty=True)
-    add_space_support(model, num_mask_tokens=num_mask_tokens, mode="gated")
+    add_space_support(model, num_mask_tokens=num_mask_tokens, mode="gated", per_position_mask_embeddings=per_position)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -259,3 +265,66 @@ def test_a_plain_forward_in_another_thread_is_untouched_by_a_masked_one():
     assert len(seen["plain"]) == len(seen["masked"]) == 25
     assert all(torch.equal(logits, plain_reference) for logits in seen["plain"])
     assert all(torch.equal(logits, masked_reference) for logits in seen["masked"])
+
+
+@pytest.mark.parametrize(
+    "rows, group, indices",
+    [
+        ([[0, 1, 1, 1, 1]], 4, [[-1, 0, 1, 2, 3]]),
+        ([[0, 1, 1, 1, 1, 1, 1, 1, 1]], 4, [[-1, 0, 1, 2, 3, 0, 1, 2, 3]]),  # two groups back to back
+        ([[0, 0, 1, 1, 1]], 1, [[-1, -1, 0, 0, 0]]),  # one-mask groups
+        ([[1, 1, 0, 1, 1, 0]], 2, [[0, 1, -1, 0, 1, -1]]),  # a run starting at column 0; runs restart
+        ([[0, 1, 1, 0], [1, 1, 1, 1]], 2, [[-1, 0, 1, -1], [0, 1, 0, 1]]),
+    ],
+)
+def test_mask_indices_in_groups(rows, group, indices):
+    assert mask_indices_in_groups(torch.tensor(rows, dtype=torch.bool), group).tolist() == indices
+
+
+def test_per_position_mask_embeddings_follow_each_masks_place_in_its_group():
+    model = gated_model("llama", seed=0, num_mask_tokens=3, per_position=True)
+    embedding = model.get_input_embeddings()
+    rows = embedding.space_mask.weight
+    assert rows.shape == (3, embedding.weight.shape[1]) and not torch.equal(rows[0], rows[1])
+    ids = torch.cat([random_prompts(1, 3, seed=0), torch.full((1, 6), model.config.space_config["mask_token_id"])], 1)
+    with torch.no_grad():
+        assert torch.equal(embedding(ids)[0, 3:], rows[[0, 1, 2, 0, 1, 2]])
+        with masks_per_group(model, 2):
+            embedded = embedding(ids)
+        assert torch.equal(embedded[0, 3:], rows[[0, 1, 0, 1, 0, 1]])
+        assert torch.equal(embedded[0, :3], embedding.weight[ids[0, :3]])  # ordinary tokens: the matrix's rows
+    with pytest.raises(ValueError, match="1..3"), masks_per_group(model, 4):
+        pass
+
+
+def test_decoding_with_fewer_masks_than_trained_reads_the_first_embeddings():
+    """A per-position model whose first row is a shared model's embedding drafts exactly as the shared model at a
+    one-mask layout (every group's mask is mask 0), and otherwise at the full layout (its other rows differ)."""
+    shared = gated_model("llama", seed=3, num_mask_tokens=3, noise=0.02)
+    per_position = gated_model("llama", seed=3, num_mask_tokens=3, noise=0.02, per_position=True)
+    state = shared.state_dict()
+    key = next(name for name in state if name.endswith("space_mask.weight"))
+    generator = torch.Generator().manual_seed(0)
+    state[key] = torch.stack([state[key], *torch.randn((2, state[key].shape[0]), generator=generator)])
+    per_position.load_state_dict(state)
+    prompt = random_prompts(1, 6, seed=5)
+
+    def passes(model, layout):
+        return assert_lossless(model, prompt, max_new_tokens=40, space_layout=layout).tokens_per_pass
+
+    one_mask = SpaceLayoutPlan(1, (0, 1))
+    assert passes(per_position, one_mask) == passes(shared, one_mask)
+    assert passes(per_position, None) != passes(shared, None)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_per_position_gated_decoding_is_lossless(arch, verification_log):
+    rng = random.Random(arch)
+    for seed in range(3):
+        model = gated_model(arch, seed=seed, num_mask_tokens=3, noise=0.02, per_position=True)
+        prompt = random_prompts(1, rng.randint(1, 16), seed=rng.randrange(10**6))
+        for layout in (None, SpaceLayoutPlan(1, (0, 1)), SpaceLayoutPlan(2, (0, 2))):
+            assert_lossless(model, prompt, max_new_tokens=rng.randint(1, 30), space_layout=layout)
+        ids, mask = left_padded([rng.randint(1, 10) for _ in range(3)], seed)
+        assert_lossless(model, ids, attention_mask=mask, max_new_tokens=20, pad_token_id=0)
+    assert max(verification_log.counts()) >= 1, "no draft was ever accepted"

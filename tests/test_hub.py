@@ -285,11 +285,13 @@ def test_train_save_load_remote_generate_round_trip(mode, tmp_path):
     assert remote["sampled"] == sampled.sequences.tolist() and remote["sampled_passes"] == sampled.tokens_per_pass
 
 
-def test_gated_adapter_alone_round_trip(tmp_path):
+@pytest.mark.parametrize("per_position", [False, True])
+def test_gated_adapter_alone_round_trip(tmp_path, per_position):
     """A gated model's adapter saves on its own (a few MB) and loads back onto its base exactly."""
     from transformers_space.hub import load_space_adapter, save_space_adapter
 
-    model, tokenizer = gated_model_on_saved_base(tmp_path / "base")
+    model, tokenizer = gated_model_on_saved_base(tmp_path / "base", per_position_mask_embeddings=per_position)
+    assert model.get_input_embeddings().space_mask.weight.dim() == (2 if per_position else 1)
     save_space_adapter(model, tmp_path / "adapter", base_model=str(tmp_path / "base"))
     assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == [
         "space_adapter.safetensors", "space_adapter_config.json"]
@@ -310,16 +312,16 @@ def test_gated_adapter_alone_round_trip(tmp_path):
         save_space_adapter(model, tmp_path / "nope", dtype="bf16")
 
 
-def gated_model_on_saved_base(folder):
-    """A tiny Llama saved (with its tokenizer) to `folder`, loaded back with gated SPACE adapters of random weights:
-    (model, tokenizer)."""
+def gated_model_on_saved_base(folder, **options):
+    """A tiny Llama saved (with its tokenizer) to `folder`, loaded back with gated SPACE adapters of random weights
+    (`options`: further SpaceConfig fields): (model, tokenizer)."""
     from tiny_models import tiny_config, tiny_tokenizer
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(tiny_config("llama")).save_pretrained(folder)
     tiny_tokenizer().save_pretrained(folder)
-    model, tokenizer = load_space_adapter_free_base(folder)
+    model, tokenizer = load_space_adapter_free_base(folder, **options)
     randomise_gated_adapters(model, 4)
     return model, tokenizer
 
@@ -332,9 +334,9 @@ def assert_adapter_stored_in_bf16(loaded, model) -> None:
         assert weights[name].dtype == torch.float32 and torch.equal(weights[name], expected), name
 
 
-def load_space_adapter_free_base(folder):
+def load_space_adapter_free_base(folder, **options):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = add_space_support(AutoModelForCausalLM.from_pretrained(folder), tokenizer, 3, mode="gated")
+    model = add_space_support(AutoModelForCausalLM.from_pretrained(folder), tokenizer, 3, mode="gated", **options)
     return model, tokenizer

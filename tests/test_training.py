@@ -204,6 +204,27 @@ def test_gated_trains_only_the_adapters(ar_base, tmp_path):
     assert "sar_loss" in trainer.state.log_history[0] and "ar_loss" not in trainer.state.log_history[0]
 
 
+def test_per_position_mask_embeddings_train_and_reload(ar_base, tmp_path):
+    """Each mask of a group trains its own embedding row; the rows save and load with the model (alone: test_hub)."""
+    trainer = SpaceTrainer(
+        model=copy.deepcopy(ar_base), args=training_args(tmp_path, 3, warmup_steps=0),
+        train_dataset=toy_rows(48, seed=0),
+        space_config=SpaceConfig(num_mask_tokens=K, mode="gated", per_position_mask_embeddings=True),
+    )
+    rows = trainer.model.get_input_embeddings().space_mask.weight
+    before = rows.detach().clone()
+    assert rows.shape == (K, before.shape[1]) and all(torch.equal(row, before[0]) for row in before)
+    trainer.train()
+    model = trainer.model.eval()
+    assert all(not torch.equal(rows[j], before[j]) for j in range(K))
+    assert all(not torch.equal(rows[0], rows[j]) for j in range(1, K))  # the rows learned apart
+    assert space_vs_plain(model)[0]
+    model.save_pretrained(tmp_path / "saved")
+    reloaded = load_space_model(tmp_path / "saved")
+    assert reloaded.config.space_config["per_position_mask_embeddings"] is True
+    assert torch.equal(reloaded.get_input_embeddings().space_mask.weight, rows)
+
+
 def test_gated_base_runs_without_dropout(tmp_path):
     """The frozen base runs in eval mode (as at inference) even while training: GPT-2 has dropout 0.1."""
     model = tiny_model("gpt2", seed=0, num_mask_tokens=2)

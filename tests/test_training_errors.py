@@ -110,6 +110,8 @@ def test_wrong_argument_types(tmp_path):
         (dict(adapter_target_modules="q_proj"), ValueError, "`adapter_target_modules` should be a non-empty list"),
         (dict(mode="gated", mask_loss_weight=0), ValueError, "`mask_loss_weight` should be positive in 'gated'"),
         (dict(mask_loss_weight=float("nan")), ValueError, "`mask_loss_weight` should lie in"),
+        (dict(per_position_mask_embeddings=True), ValueError, "per_position_mask_embeddings=True needs mode='gated'"),
+        (dict(mode="gated", per_position_mask_embeddings="yes"), TypeError, "should be a bool, got 'yes'"),
     ],
 )
 def test_space_config_validates_training_fields(fields, error, message):

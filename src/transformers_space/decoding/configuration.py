@@ -100,6 +100,14 @@ class SpaceConfig:
             "architecture's attention and MLP projections."
         },
     )
+    per_position_mask_embeddings: bool = field(
+        default=False,
+        metadata={
+            "help": "'gated' mode only: mask j of each group learns its own input embedding (num_mask_tokens "
+            "embeddings) instead of all masks sharing one (measured: BENCHMARKS.md, 'Per-position mask "
+            "embeddings')."
+        },
+    )
     acceptance_rates: list[float] | None = field(
         default=None,
         init=False,  # measured (set by `from_dict` or `calibrate_acceptance`), never a training option
@@ -138,6 +146,16 @@ class SpaceConfig:
                     f"`adapter_target_modules` should be a non-empty list of module names or None, got {targets!r}."
                 )
             self.adapter_target_modules = list(targets)
+        if not isinstance(self.per_position_mask_embeddings, bool):
+            raise TypeError(
+                f"`per_position_mask_embeddings` should be a bool, got {self.per_position_mask_embeddings!r}."
+            )
+        if self.per_position_mask_embeddings and self.mode != "gated":
+            raise ValueError(
+                f"per_position_mask_embeddings=True needs mode='gated' (its embeddings live in the gated adapter); "
+                f"mode={self.mode!r} learns one mask token row of the embedding matrix. Use mode='gated' or leave "
+                "it False."
+            )
         if self.mode == "gated" and self.mask_loss_weight == 0:
             raise ValueError("`mask_loss_weight` should be positive in 'gated' mode (only masks carry loss), got 0.")
         if self.mode != "gated" and self.sar_probability == 0:

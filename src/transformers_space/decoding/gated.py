@@ -17,7 +17,13 @@ What is installed (`install_gated_adapters`):
 - on the input embedding, a child `space_mask` holding a learned mask-token embedding (initialised from
   the embedding row of the mask token) and a forward hook that records where the mask token is in
   `input_ids` and puts the learned embedding there. The embedding matrix itself (tied to the LM head in
-  many models) is untouched, so no logit of any ordinary position changes.
+  many models) is untouched, so no logit of any ordinary position changes. With
+  `per_position_mask_embeddings` it holds one embedding per mask of a group (`num_mask_tokens` rows): mask j
+  of a group then knows it drafts the token j + 2 ahead from its input alone, not only from its position id.
+  Both SPACE's layout and the training collator put each group's masks in one run, groups back to back, so
+  mask j is the one at offset j (modulo the group size) in its run of mask tokens (`mask_indices_in_groups`);
+  the group size is the trained `num_mask_tokens`, or what SPACE decoding runs (`masks_per_group`: its
+  layout may run fewer masks than were trained).
 - on the decoder body, a forward pre-hook that forgets the previous forward's mask positions, so a
   forward fed `inputs_embeds` (the embedding is not called) runs the plain base model.
 
@@ -105,6 +111,7 @@ class MaskPositions:
         return _thread_state(self)
 
     where = property(lambda self: self._state().where)  # (batch indices, sequence indices) of the masks, or None
+    group_sizes = property(lambda self: self._state().group_sizes)  # see `masks_per_group`
     span = property(lambda self: self._state().span)  # (start, stop) columns when `mask_column_span` finds one
     shape = property(lambda self: self._state().shape)  # [batch, sequence] of the recorded input_ids
 
@@ -152,6 +159,7 @@ class _ThreadState:
         self.span: tuple[int, int] | None = None
         self.shape: torch.Size | None = None
         self.decoding = False
+        self.group_sizes: list[int] = []  # `masks_per_group` contexts open in this thread, innermost last
         self.counted = False  # counted in MaskPositions.masked_threads
         self.shared_inputs: dict[int, tuple[torch.Tensor, tuple[torch.Tensor, ...]]] = {}  # see SharedLowRank
 
@@ -180,6 +188,14 @@ def mask_column_span(is_mask: torch.Tensor) -> tuple[int, int] | None:
     return (start, stop) if stop - start == columns.numel() else None
 
 
+def mask_indices_in_groups(is_mask: torch.Tensor, masks_per_group: int) -> torch.Tensor:
+    """[batch, sequence] index of each mask within its group, -1 at other tokens: its offset in its run of
+    consecutive masks, modulo `masks_per_group` (groups of that many masks, back to back)."""
+    columns = torch.arange(is_mask.shape[-1], device=is_mask.device)
+    last_other = torch.where(is_mask, -1, columns).cummax(dim=-1).values  # the last non-mask column so far
+    return torch.where(is_mask, (columns - last_other - 1) % masks_per_group, -1)
+
+
 class GatedLoraAdapter(nn.Module):
     """The low-rank delta of one linear layer: `lora_B(lora_A(dropout(x))) * alpha / rank`."""
 
@@ -201,13 +217,21 @@ class GatedLoraAdapter(nn.Module):
 
 
 class GatedMaskEmbedding(nn.Module):
-    """The learned input embedding of the mask token, used in place of the embedding matrix's row."""
+    """The learned input embedding of the mask token, used in place of the embedding matrix's row: one shared
+    vector [hidden], or with `per_position_mask_embeddings` one row per mask of a group [num_mask_tokens,
+    hidden]."""
 
     def __init__(self, initial: torch.Tensor, positions: MaskPositions, settings: dict):
         super().__init__()
-        self.weight = nn.Parameter(initial.detach().clone())
+        rows = settings["mask_embedding_rows"]
+        initial = initial.detach().clone()
+        self.weight = nn.Parameter(initial if rows == 1 else initial.expand(rows, -1).clone())
         self.positions = positions
         self.settings = settings  # the adapter settings it was installed with (for idempotence checks)
+
+    @property
+    def per_position(self) -> bool:
+        return self.weight.dim() == 2
 
     def forward(self) -> torch.Tensor:
         """The embedding, read through a module call so that ZeRO-3 / FSDP gather it first."""
@@ -339,8 +363,33 @@ def _use_mask_embedding(module: nn.Module, args: tuple, kwargs: dict, output: to
     where = gate.positions.where
     if where is None:
         return output
-    rows = gate().to(output.dtype).expand(where[0].shape[0], -1)
-    return output.index_put(where, rows)
+    weight = gate().to(output.dtype)
+    if not gate.per_position:
+        return output.index_put(where, weight.expand(where[0].shape[0], -1))
+    group_sizes = gate.positions.group_sizes
+    masks_per_group = group_sizes[-1] if group_sizes else weight.shape[0]
+    indices = mask_indices_in_groups(input_ids == gate.positions.mask_token_id, masks_per_group)
+    return output.index_put(where, weight[indices[where]])
+
+
+@contextlib.contextmanager
+def masks_per_group(model, count: int) -> Iterator[None]:
+    """While open, this thread's forwards of `model` read mask runs as groups of `count` masks (SPACE decoding
+    opens it with its layout's masks per group, which may be fewer than the trained `num_mask_tokens`, the
+    default). Only per-position mask embeddings depend on it; nothing happens for models without gated
+    adapters."""
+    if not has_gated_adapters(model):
+        yield
+        return
+    trained = model.get_input_embeddings().space_mask.settings["mask_embedding_rows"]
+    if trained > 1 and not 1 <= count <= trained:
+        raise ValueError(f"masks_per_group should lie in 1..{trained} (the trained masks per group), got {count}.")
+    group_sizes = model.get_input_embeddings().space_mask.positions.group_sizes
+    group_sizes.append(count)
+    try:
+        yield
+    finally:
+        group_sizes.pop()
 
 
 def _forget_mask_positions(module: nn.Module, args: tuple) -> None:
@@ -356,6 +405,7 @@ def gated_settings(space_config: SpaceConfig, model) -> dict:
         "alpha": space_config.adapter_alpha,
         "dropout": space_config.adapter_dropout,
         "target_modules": list(space_config.adapter_target_modules or default_target_modules(model)),
+        "mask_embedding_rows": space_config.num_mask_tokens if space_config.per_position_mask_embeddings else 1,
     }
 
 
@@ -441,6 +491,7 @@ def remove_gated_adapters(model):
         space_config = SpaceConfig.of(model)
         if space_config.mode == "gated":
             space_config.mode = "full"
+            space_config.per_position_mask_embeddings = False
             space_config.save_to(model)
     return model
 

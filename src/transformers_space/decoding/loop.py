@@ -38,6 +38,7 @@ from .candidates import SpaceCandidateGenerator
 from .compat import crop_cache, new_cache, output_cache_field, user_cache_from_kwargs
 from .configuration import SpaceConfig
 from .forward import PassLogits, forward_block, lm_head_of, without_autograd
+from .gated import masks_per_group
 from .kernels import kernels_named
 from .layout import INVALID, PassLayout, build_pass_layout, cache_positions_after_pass, draft_rows, prompt_positions
 from .planning import SpaceLayoutPlan
@@ -80,7 +81,8 @@ def space_decoding(
     if space_streamer is not None:
         streamer = space_streamer
         streamer.put(input_ids.cpu())
-    with without_autograd(model), kernels.around_generate(model):  # see the module docstring
+    with (without_autograd(model), kernels.around_generate(model),  # see the module docstring
+          masks_per_group(model, plan.num_masks)):
         state = DecodingState.start(model, input_ids, model_kwargs, generation_config, logits_processor)
         sampling = bool(generation_config.do_sample)
         drafter = SpaceCandidateGenerator(mask_token_id, plan.num_masks, logits_processor, sampling)

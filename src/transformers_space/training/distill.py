@@ -305,9 +305,12 @@ def prompt_key(prompt: str) -> str:
 
 def export_answers(rows: str | Path, store: str | Path, max_new_tokens: int, model_note: str = "") -> int:
     """Write the answers of a distillation file (and its `.skipped` prompts, as empty answers) to a gzipped
-    answer store, sorted by key so that a store grows by appending lines to a diff; returns the answer count."""
-    rows = Path(rows)
-    answers = {}
+    answer store, sorted by key so that a store grows by appending lines to a diff; returns the answer count.
+
+    An existing store is merged into, not replaced: code prompts come from installed packages' docstrings, so
+    machines with other package versions draw partly other prompts, and one store serves them all."""
+    rows, store = Path(rows), Path(store)
+    answers = stored_answers(store, max_new_tokens) if store.exists() else {}
     for line in rows.read_text(encoding="utf-8").splitlines():
         messages = json.loads(line)["messages"]
         answers[prompt_key(messages[0]["content"])] = messages[1]["content"]

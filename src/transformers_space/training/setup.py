@@ -45,7 +45,7 @@ def check_existing_settings(model: PreTrainedModel, requested: SpaceConfig) -> N
     saved = SpaceConfig.of(model)
     names = ("num_mask_tokens", "mask_token")
     if saved.mode == "gated" and has_gated_adapters(model) and requested.mode == "gated":
-        names += ("adapter_rank", "adapter_alpha", "adapter_target_modules")
+        names += ("adapter_rank", "adapter_alpha", "adapter_target_modules", "per_position_mask_embeddings")
     differences = saved.differences(requested, names)
     if differences:
         changes = ", ".join(f"{name}={new!r} (model: {old!r})" for name, (old, new) in differences.items())
