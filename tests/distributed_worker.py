@@ -36,9 +36,12 @@ ENGINES = {
 
 
 def space_config_for(mode: str) -> SpaceConfig:
+    """`mode`: a SpaceConfig mode, or "gated_per_position" (gated with per-position mask embeddings)."""
     # blocks_per_sequence above the number of block starts in a row: every start is used, so the collator's
     # layout does not depend on how rows are split over the processes (its random draws would)
-    return SpaceConfig(mode=mode, num_mask_tokens=2, blocks_per_sequence=32, sar_probability=1.0)
+    per_position = mode == "gated_per_position"
+    return SpaceConfig(mode="gated" if per_position else mode, per_position_mask_embeddings=per_position,
+                       num_mask_tokens=2, blocks_per_sequence=32, sar_probability=1.0)
 
 
 def initial_model(mode: str):

@@ -46,12 +46,16 @@ def run_worker(engine: str, mode: str, output_dir: Path) -> dict:
 @pytest.fixture(scope="module")
 def single_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("single")
-    return {mode: (run_worker("single", mode, root / mode), root / mode) for mode in ("full", "gated")}
+    modes = ("full", "gated", "gated_per_position")
+    return {mode: (run_worker("single", mode, root / mode), root / mode) for mode in modes}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["full", "gated"])
-@pytest.mark.parametrize("engine", ["ddp", "zero2", "zero3", "fsdp2"])
+@pytest.mark.parametrize("engine, mode", [
+    *((engine, mode) for engine in ("ddp", "zero2", "zero3", "fsdp2") for mode in ("full", "gated")),
+    # per-position mask embeddings [k, hidden] under the engines that shard and gather parameters
+    ("zero3", "gated_per_position"), ("fsdp2", "gated_per_position"),
+])
 def test_distributed_training_matches_one_process(engine, mode, single_runs, tmp_path):
     reference, reference_dir = single_runs[mode]
     report = run_worker(engine, mode, tmp_path)

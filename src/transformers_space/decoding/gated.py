@@ -231,7 +231,8 @@ class GatedMaskEmbedding(nn.Module):
 
     @property
     def per_position(self) -> bool:
-        return self.weight.dim() == 2
+        """From the settings, not `weight.dim()`: ZeRO-3 leaves an empty placeholder there outside forwards."""
+        return self.settings["mask_embedding_rows"] > 1
 
     def forward(self) -> torch.Tensor:
         """The embedding, read through a module call so that ZeRO-3 / FSDP gather it first."""
