@@ -39,7 +39,7 @@ def main() -> None:
                         "generated again.")
     parser.add_argument("--export-answers", metavar="STORE",
                         help="Only write the answers of --output (keyed by prompt hash, no prompt text) to STORE, "
-                        "to commit with the recipe; nothing is generated.")
+                        "merged into it when it exists, to commit with the recipe; nothing is generated.")
     parser.add_argument("--split", choices=["train", "heldout"], default="train",
                         help="'heldout' only for evaluation rows (`transformers-space train --eval_data`), never "
                         "for training.")

@@ -368,8 +368,8 @@ def _use_mask_embedding(module: nn.Module, args: tuple, kwargs: dict, output: to
     if not gate.per_position:
         return output.index_put(where, weight.expand(where[0].shape[0], -1))
     group_sizes = gate.positions.group_sizes
-    masks_per_group = group_sizes[-1] if group_sizes else weight.shape[0]
-    indices = mask_indices_in_groups(input_ids == gate.positions.mask_token_id, masks_per_group)
+    group_size = group_sizes[-1] if group_sizes else weight.shape[0]
+    indices = mask_indices_in_groups(input_ids == gate.positions.mask_token_id, group_size)
     return output.index_put(where, weight[indices[where]])
 
 
