@@ -16,7 +16,7 @@ import random
 import sysconfig
 from pathlib import Path
 
-from make_distill_data import sharegpt_conversations  # run as `python examples/...`: its folder is on sys.path
+from transformers_space.training.distill import sharegpt_conversations
 
 
 def sharegpt_exchanges(count: int, seed: int) -> list[dict]:
