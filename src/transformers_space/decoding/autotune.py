@@ -140,9 +140,9 @@ def auto_plan(model) -> SpaceLayoutPlan:
     if plan.groups and speedup < AUTO_MIN_EXPECTED_SPEEDUP:
         logger.info("Best SPACE layout %s is expected at only %.2fx of plain decoding (below %.2fx): not drafting.",
                     plan.to_dict(), speedup, AUTO_MIN_EXPECTED_SPEEDUP)
-        plan = SpaceLayoutPlan(0, ())
+        plan, speedup = SpaceLayoutPlan(0, ()), 1.0
     logger.info("SPACE layout chosen for this machine: %s (expected speedup %.2fx)", plan.to_dict(), speedup)
     if not plan.groups:
-        logger.warning("On this machine drafting is not expected to pay with these acceptance rates "
-                       "(best SPACE layout: %.2fx); SPACE runs without drafts, at plain decoding's speed.", speedup)
+        logger.warning("On this machine drafting is not expected to pay with these acceptance rates; SPACE runs "
+                       "without drafts, at plain decoding's speed.")
     return plan
