@@ -14,13 +14,12 @@ import argparse
 import json
 from pathlib import Path
 
+from heldout_acceptance import HELDOUT_SEED  # run as `python examples/...`: its folder is on sys.path
 from transformers import AutoTokenizer
 
 from transformers_space.assets import default_model_dir
 from transformers_space.prompts import encode_prompts
 from transformers_space.training.distill import select_prompts
-
-HELDOUT_SEED = 0  # as examples/heldout_acceptance.py
 
 
 def main() -> None:

@@ -120,15 +120,17 @@ def test_auto_drafts_only_for_a_clear_expected_gain(caplog):
     config = dict(model.config.space_config)
     config["acceptance_rates"] = [0.5]
 
+    def costs_with(extra_cost_per_token: float) -> dict[int, float]:
+        return {tokens: 1.0 + extra_cost_per_token * (tokens - 1) for tokens in autotune.MEASURED_TOKEN_COUNTS}
+
     def plan_for(extra_cost_per_token: float) -> SpaceLayoutPlan:
         model.config.space_config = config
-        costs = {tokens: 1.0 + extra_cost_per_token * (tokens - 1) for tokens in autotune.MEASURED_TOKEN_COUNTS}
-        model._space_pass_costs = {name: costs for name in PASS_KERNELS}
+        model._space_pass_costs = {name: costs_with(extra_cost_per_token) for name in PASS_KERNELS}
         return auto_plan(model)
 
     # one mask, group [0], alpha 0.5: passes alternate 2 and 3 tokens and emit 1 and 1.5 tokens
-    expected = [expected_speedup(SpaceLayoutPlan(1, (0,)), [0.5], cost_function(
-        {t: 1.0 + extra * (t - 1) for t in autotune.MEASURED_TOKEN_COUNTS})) for extra in (0.01, 0.18)]
+    expected = [expected_speedup(SpaceLayoutPlan(1, (0,)), [0.5], cost_function(costs_with(extra)))
+                for extra in (0.01, 0.18)]
     assert expected[0] > autotune.AUTO_MIN_EXPECTED_SPEEDUP > expected[1] > 1.0
     assert plan_for(0.01).groups  # a clear gain: draft
     with caplog.at_level("INFO"):

@@ -382,10 +382,11 @@ def masks_per_group(model, count: int) -> Iterator[None]:
     if not has_gated_adapters(model):
         yield
         return
-    trained = model.get_input_embeddings().space_mask.settings["mask_embedding_rows"]
+    gate = model.get_input_embeddings().space_mask
+    trained = gate.settings["mask_embedding_rows"]
     if trained > 1 and not 1 <= count <= trained:
         raise ValueError(f"masks_per_group should lie in 1..{trained} (the trained masks per group), got {count}.")
-    group_sizes = model.get_input_embeddings().space_mask.positions.group_sizes
+    group_sizes = gate.positions.group_sizes
     group_sizes.append(count)
     try:
         yield
