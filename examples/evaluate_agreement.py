@@ -11,7 +11,6 @@ import argparse
 import json
 import tempfile
 
-import torch
 from transformers import TrainingArguments
 
 from transformers_space import SpaceConfig, SpaceTrainer
@@ -37,7 +36,6 @@ def main() -> None:
             train_dataset=load_rows(args.data)[:1], eval_dataset=load_rows(args.data), processing_class=tokenizer,
             space_config=settings, max_length=args.max_length,
         )
-        torch.manual_seed(args.seed)
         metrics = trainer.evaluate()
     print(json.dumps({key: value for key, value in metrics.items() if "agreement" in key or key == "eval_loss"}))
 

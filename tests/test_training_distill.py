@@ -190,3 +190,19 @@ def test_evaluation_reports_agreement_with_the_teacher_per_mask(ar_base, tmp_pat
     assert 0 <= metrics["eval_sar_agreement"] <= 1
     assert set(trainer.evaluate()) >= {"eval_loss", "eval_sar_agreement", *(f"eval_sar_agreement_{j}" for j in
                                                                              range(1, K + 1))}
+
+
+def test_every_evaluation_draws_the_same_blocks(ar_base, tmp_path):
+    rows = toy_rows(16, seed=6)
+    config = SpaceConfig(num_mask_tokens=K, mode="gated", adapter_rank=8, sar_probability=1.0)
+
+    def evaluation(seed: int, global_seed: int) -> dict[str, float]:
+        trainer = SpaceTrainer(model=copy.deepcopy(ar_base), args=training_args(tmp_path / str(seed), 1, seed=seed),
+                               train_dataset=rows, eval_dataset=rows, space_config=config)
+        torch.manual_seed(global_seed)
+        metrics = trainer.evaluate()
+        return {name: value for name, value in metrics.items() if "agreement" in name or name == "eval_loss"}
+
+    first = evaluation(seed=0, global_seed=1)
+    assert evaluation(seed=0, global_seed=2) == first  # the global RNG does not choose the blocks
+    assert evaluation(seed=7, global_seed=1)["eval_loss"] != first["eval_loss"]  # args.seed does

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -123,6 +124,22 @@ class SpaceTrainer(Trainer):
             prefix_covers_targets=config.mode == "gated",  # k more prefix tokens: the teacher's logits
             mask_dtype=model.get_input_embeddings().weight.dtype,
         )
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        """Every evaluation draws the same mask blocks: its own generator, seeded with `args.seed`.
+
+        With torch's global RNG each evaluation of a run drew other blocks (~0.02 of noise in the agreement), so
+        a learning curve mixed what the model learned with which blocks were drawn. Now two evaluations (of one
+        run, two runs, or `examples/evaluate_agreement.py`) on the same rows differ only by the models. (With
+        --dataloader_persistent_workers the Trainer reuses its first evaluation loader, whose workers draw on.)"""
+        collator = self.data_collator
+        if not isinstance(collator, SpaceDataCollator):
+            return super().get_eval_dataloader(eval_dataset)
+        self.data_collator = replace(collator, generator=torch.Generator().manual_seed(self.args.seed))
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.data_collator = collator
 
     # --- loss ----------------------------------------------------------------------------------------------
 
