@@ -1,15 +1,20 @@
-"""Held-out agreement per mask (`eval_sar_agreement_j`) of a saved SPACE model or gated adapter, with the
-same evaluation `transformers-space train --eval_data` runs every --eval_steps; so a shipped adapter and a
-training run's learning curve are measured alike.
+"""Held-out agreement per mask (`eval_sar_agreement_j`) of saved SPACE models or gated adapters, with the
+same evaluation `transformers-space train --eval_data` runs every --eval_steps (the same mask blocks, drawn from
+--seed); so a shipped adapter, a run's checkpoints and another run are measured alike.
 
     python examples/evaluate_agreement.py --model hub_configs/smollm2-135m-space-gated --data data/heldout_v5.jsonl
+    # a learning curve from kept checkpoints, drawn by examples/plot_training_curve.py:
+    python examples/evaluate_agreement.py --model data/run/checkpoint-* --data data/heldout_v5.jsonl \
+        --state-output data/run/agreement_state.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import tempfile
+from pathlib import Path
 
 from transformers import TrainingArguments
 
@@ -17,27 +22,45 @@ from transformers_space import SpaceConfig, SpaceTrainer
 from transformers_space.training.cli import load_rows
 
 
+def agreement(folder: str, rows: list[dict], max_length: int, batch_size: int, seed: int) -> dict[str, float]:
+    from heldout_acceptance import load
+
+    model, tokenizer = load(folder)
+    with tempfile.TemporaryDirectory() as scratch:
+        trainer = SpaceTrainer(
+            model=model, args=TrainingArguments(output_dir=scratch, per_device_eval_batch_size=batch_size,
+                                                report_to="none", seed=seed, use_cpu=True),
+            train_dataset=rows[:1], eval_dataset=rows, processing_class=tokenizer,
+            space_config=SpaceConfig.of(model), max_length=max_length,
+        )
+        metrics = trainer.evaluate()
+    return {key: value for key, value in metrics.items() if "agreement" in key or key == "eval_loss"}
+
+
+def checkpoint_step(folder: str) -> int:
+    """The step of a `checkpoint-N` folder; 0 for anything else (the model a run started from)."""
+    match = re.fullmatch(r"checkpoint-(\d+)", Path(folder).name)
+    return int(match.group(1)) if match else 0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="Adapter folder or SPACE model folder.")
+    parser.add_argument("--model", required=True, nargs="+", help="Adapter folders or SPACE model folders.")
     parser.add_argument("--data", required=True, help="Held-out rows (.jsonl), as given to --eval_data.")
     parser.add_argument("--max-length", type=int, default=384)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0, help="The mask blocks drawn; training runs use --seed too.")
+    parser.add_argument("--state-output", help="Also write the results as a trainer_state.json-like file "
+                        "(log_history, step from each checkpoint-N name) for examples/plot_training_curve.py.")
     args = parser.parse_args()
-    from heldout_acceptance import load
-
-    model, tokenizer = load(args.model)
-    settings = SpaceConfig.of(model)
-    with tempfile.TemporaryDirectory() as scratch:
-        trainer = SpaceTrainer(
-            model=model, args=TrainingArguments(output_dir=scratch, per_device_eval_batch_size=args.batch_size,
-                                                report_to="none", seed=args.seed, use_cpu=True),
-            train_dataset=load_rows(args.data)[:1], eval_dataset=load_rows(args.data), processing_class=tokenizer,
-            space_config=settings, max_length=args.max_length,
-        )
-        metrics = trainer.evaluate()
-    print(json.dumps({key: value for key, value in metrics.items() if "agreement" in key or key == "eval_loss"}))
+    rows = load_rows(args.data)
+    history = []
+    for folder in sorted(args.model, key=checkpoint_step):
+        metrics = agreement(folder, rows, args.max_length, args.batch_size, args.seed)
+        print(json.dumps({"model": folder, **metrics}), flush=True)
+        history.append({"step": checkpoint_step(folder), **metrics})
+    if args.state_output:
+        Path(args.state_output).write_text(json.dumps({"log_history": history}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
