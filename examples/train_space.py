@@ -63,6 +63,7 @@ def main(argv=None) -> int:
             tokenizer.save_pretrained(training_args.output_dir)
     else:
         trainer.save_model(training_args.output_dir)
+    trainer.accelerator.end_training()  # destroys a distributed run's process group before the interpreter exits
 
     if trainer.is_world_process_zero():  # try it: SPACE output equals plain greedy output
         model = load_space_model(training_args.output_dir).eval()

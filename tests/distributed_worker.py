@@ -70,6 +70,9 @@ def main(engine: str, mode: str, output_dir: str) -> None:
         report = {"losses": losses, "distributed_type": str(trainer.accelerator.distributed_type),
                   "world_size": world_size}
         Path(output_dir, "losses.json").write_text(json.dumps(report))
+    # tear the process group down before exit: left to interpreter shutdown, gloo's threads can abort a rank
+    # ("terminate called without an active exception", SIGABRT) after the work is done
+    trainer.accelerator.end_training()
 
 
 if __name__ == "__main__":

@@ -125,4 +125,5 @@ def run(args: argparse.Namespace) -> int:
             f"trained {result.global_step} steps ({totals['sar_blocks']} SAR blocks, {totals['target_tokens']} "
             f"target tokens on this process); SPACE model saved to {output_dir}"
         )
+    trainer.accelerator.end_training()  # destroys a distributed run's process group before the interpreter exits
     return 0
