@@ -17,7 +17,7 @@ from tiny_models import tiny_model
 from toy_language import space_vs_plain, toy_model, toy_prompts, toy_rows, train_ar_base, training_args
 from transformers import AutoModelForCausalLM, TrainerCallback
 
-from transformers_space import SpaceConfig, load_space_model
+from transformers_space import SpaceConfig, add_space_support, load_space_model
 from transformers_space.decoding.gated import GatedLoraAdapter, GatedMaskEmbedding
 from transformers_space.training import SpaceTrainer
 
@@ -188,9 +188,16 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_gated_trains_only_the_adapters(ar_base, tmp_path):
-    """A few gated steps: base weights untouched, adapter weights moved, only masks carry loss."""
+@pytest.mark.parametrize("start", ["plain", "saved_gated"])
+def test_gated_trains_only_the_adapters(ar_base, tmp_path, start):
+    """A few gated steps: base weights untouched, adapter weights moved, only masks carry loss. Also when training
+    continues from a saved gated SPACE model: `from_pretrained` leaves every weight trainable, and the adapters
+    are already installed (a bug once trained the base of such a model along with its adapters)."""
     model = copy.deepcopy(ar_base)
+    if start == "saved_gated":
+        add_space_support(model, num_mask_tokens=K, mode="gated").save_pretrained(tmp_path / "saved")
+        model = load_space_model(tmp_path / "saved")
+        assert all(parameter.requires_grad for parameter in model.parameters())
     trainer = SpaceTrainer(
         model=model, args=training_args(tmp_path, 3, logging_steps=1, warmup_steps=0),
         train_dataset=toy_rows(48, seed=0), space_config=SpaceConfig(num_mask_tokens=K, mode="gated"),

@@ -3,7 +3,8 @@
 - "full": SPACE support added, every weight trainable.
 - "lora": SPACE support added, then peft LoRA on the attention and MLP projections plus the mask token's
   embedding row (`trainable_token_indices`); `merge_and_unload()` gives a plain SPACE model back.
-- "gated": SPACE support added with `mode="gated"`: gated adapters installed, the base frozen.
+- "gated": SPACE support added with `mode="gated"`: gated adapters installed, the base frozen (also when the
+  model already carries them: `from_pretrained` of a saved gated model leaves every weight trainable).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 from transformers import PreTrainedModel
 
 from ..decoding.configuration import SpaceConfig
-from ..decoding.gated import default_target_modules, has_gated_adapters
+from ..decoding.gated import default_target_modules, gated_parameters, has_gated_adapters
 from ..modeling import add_space_support
 
 SETTINGS_FILE = "space_config.json"
@@ -35,6 +36,10 @@ def prepare_model(model, tokenizer, space_config: SpaceConfig):
         model.requires_grad_(True)
     elif resolved.mode == "lora":
         model = apply_lora(model, resolved)
+    else:
+        model.requires_grad_(False)
+        for parameter in gated_parameters(model):
+            parameter.requires_grad_(True)
     return model, resolved
 
 
