@@ -6,6 +6,14 @@ same evaluation `transformers-space train --eval_data` runs every --eval_steps (
     # a learning curve from kept checkpoints, drawn by examples/plot_training_curve.py:
     python examples/evaluate_agreement.py --model data/run/checkpoint-* --data data/heldout_v5.jsonl \
         --state-output data/run/agreement_state.json
+    # what greedy generation at the full layout would accept on each file's answers (one forward per row):
+    python examples/evaluate_agreement.py --model data/run --chain \
+        --data data/heldout_code.jsonl data/heldout_chat.jsonl
+
+--chain adds `chain_alpha_j` and `chain_tokens_per_pass`: teacher-forced drafts from every position, walked the
+way greedy SPACE walks (`SpaceTrainer.simulate_greedy_acceptance`). Agreement weighs every position alike;
+generation drafts from where the previous pass stopped, mostly after a rejection, and those positions are harder.
+On self-distilled rows the chain figures reproduce what examples/heldout_acceptance.py measures by generating.
 """
 
 from __future__ import annotations
@@ -19,10 +27,12 @@ from pathlib import Path
 from transformers import TrainingArguments
 
 from transformers_space import SpaceConfig, SpaceTrainer
+from transformers_space.decoding.planning import acceptance_rates
 from transformers_space.training.cli import load_rows
 
 
-def agreement(folder: str, rows: list[dict], max_length: int, batch_size: int, seed: int) -> dict[str, float]:
+def agreement(folder: str, rows: list[dict], max_length: int, batch_size: int, seed: int,
+              chain: bool = False) -> dict[str, float]:
     from heldout_acceptance import load
 
     model, tokenizer = load(folder)
@@ -34,7 +44,14 @@ def agreement(folder: str, rows: list[dict], max_length: int, batch_size: int, s
             space_config=SpaceConfig.of(model), max_length=max_length,
         )
         metrics = trainer.evaluate()
-    return {key: value for key, value in metrics.items() if "agreement" in key or key == "eval_loss"}
+        metrics = {key: value for key, value in metrics.items() if "agreement" in key or key == "eval_loss"}
+        if chain:
+            counts = [count for row in trainer.simulate_greedy_acceptance() for count in row]
+            rates = acceptance_rates(counts, trainer.space_config.num_mask_tokens)
+            metrics |= {f"chain_alpha_{j}": rate for j, rate in enumerate(rates)}
+            metrics["chain_tokens_per_pass"] = sum(counts) / max(len(counts), 1) + 1
+            metrics["chain_passes"] = len(counts)
+    return metrics
 
 
 def checkpoint_step(folder: str) -> int:
@@ -46,19 +63,25 @@ def checkpoint_step(folder: str) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, nargs="+", help="Adapter folders or SPACE model folders.")
-    parser.add_argument("--data", required=True, help="Held-out rows (.jsonl), as given to --eval_data.")
+    parser.add_argument("--data", required=True, nargs="+", help="Held-out rows (.jsonl), as given to "
+                        "--eval_data; several files are measured one by one (held-out code and chat apart).")
     parser.add_argument("--max-length", type=int, default=384)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0, help="The mask blocks drawn; training runs use --seed too.")
+    parser.add_argument("--chain", action="store_true", help="Also simulate greedy generation at the full "
+                        "layout on each row's answer: per-mask acceptance and tokens per pass (chain_*).")
     parser.add_argument("--state-output", help="Also write the results as a trainer_state.json-like file "
-                        "(log_history, step from each checkpoint-N name) for examples/plot_training_curve.py.")
+                        "(log_history, step from each checkpoint-N name; the first --data file) for "
+                        "examples/plot_training_curve.py.")
     args = parser.parse_args()
-    rows = load_rows(args.data)
+    data = {path: load_rows(path) for path in args.data}
     history = []
     for folder in sorted(args.model, key=checkpoint_step):
-        metrics = agreement(folder, rows, args.max_length, args.batch_size, args.seed)
-        print(json.dumps({"model": folder, **metrics}), flush=True)
-        history.append({"step": checkpoint_step(folder), **metrics})
+        for number, (path, rows) in enumerate(data.items()):
+            metrics = agreement(folder, rows, args.max_length, args.batch_size, args.seed, args.chain)
+            print(json.dumps({"model": folder, "data": path, **metrics}), flush=True)
+            if number == 0:
+                history.append({"step": checkpoint_step(folder), **metrics})
     if args.state_output:
         Path(args.state_output).write_text(json.dumps({"log_history": history}, indent=1) + "\n")
 

@@ -11,6 +11,7 @@ from transformers_space.decoding.planning import (
     choose_plan,
     expected_rates,
     expected_speedup,
+    greedy_chain_accepted,
 )
 
 CPU_LIKE = cost_function({1: 1.0, 2: 1.65, 4: 1.65, 8: 1.8, 16: 1.75, 24: 2.1, 36: 2.6})
@@ -34,6 +35,20 @@ def test_plan_validation_and_arithmetic():
 def test_acceptance_rates_from_counts():
     # 4 passes with 3 candidates each: accepted 0, 1, 3, 3
     assert acceptance_rates([0, 1, 3, 3], 3) == [3 / 4, 2 / 3, 1.0]
+
+
+def test_greedy_chain_walks_from_where_each_pass_stopped():
+    k = 3
+    # text positions 1..9 have blocks; a pass at s accepting a drafts moves to s + a + 1
+    right = {s: [False] * k for s in range(1, 10)}
+    right[1] = [True, True, False]  # accept 2 -> next block at 4
+    right[2] = [True, True, True]  # never visited: the chain jumps over it
+    right[4] = [True, True, True]  # accept 3 -> 8
+    right[8] = [False, True, True]  # accept 0: mask 2 right but mask 1 wrong -> 9
+    assert greedy_chain_accepted(right, 1) == [2, 3, 0, 0]  # ends after 9 (no block at 10)
+    assert acceptance_rates(greedy_chain_accepted(right, 1), k) == [2 / 4, 2 / 2, 1 / 2]
+    assert greedy_chain_accepted(right, 2) == [3, 0, 0, 0, 0]  # 2 -> 6 -> 7 -> 8 -> 9
+    assert greedy_chain_accepted(right, 10) == []
 
 
 def test_expected_rates_match_closed_forms():

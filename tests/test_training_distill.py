@@ -5,7 +5,8 @@
   (checked against a plain forward of the base over the same row), in full mode the model's own detached
   next-token logits (checked likewise); the collator's prefix covers the targets but masks still see < s;
 - gradients reach only the trainable parameters, and in full mode the KL term does not pull the AR logits;
-- a few real training steps with `mask_loss="kl"` lower the KL and log `sar_agreement`.
+- a few real training steps with `mask_loss="kl"` lower the KL and log `sar_agreement`;
+- simulated greedy acceptance (teacher-forced drafts walked like generation) equals generation's own passes.
 """
 
 import copy
@@ -13,9 +14,10 @@ import math
 
 import pytest
 import torch
-from toy_language import toy_model, toy_rows, train_ar_base, training_args
+from toy_language import toy_model, toy_prompts, toy_rows, train_ar_base, training_args
 
-from transformers_space import SpaceConfig
+from transformers_space import SpaceConfig, SpaceLayoutPlan
+from transformers_space.decoding.planning import acceptance_rates
 from transformers_space.training import SpaceTrainer
 from transformers_space.training.collator import IGNORE, SpaceDataCollator
 from transformers_space.training.losses import kl_to_teacher, mask_index_in_block, mask_token_losses
@@ -206,3 +208,29 @@ def test_every_evaluation_draws_the_same_blocks(ar_base, tmp_path):
     first = evaluation(seed=0, global_seed=1)
     assert evaluation(seed=0, global_seed=2) == first  # the global RNG does not choose the blocks
     assert evaluation(seed=7, global_seed=1)["eval_loss"] != first["eval_loss"]  # args.seed does
+
+
+@pytest.mark.parametrize("mode", ["gated", "full"])
+def test_simulated_acceptance_is_what_greedy_generation_accepts(ar_base, tmp_path, mode):
+    """Teacher-forced drafts from every start, walked like greedy SPACE, give generation's own passes."""
+    config = SpaceConfig(num_mask_tokens=K, mode=mode, adapter_rank=8, sar_probability=1.0)
+    trainer = SpaceTrainer(model=copy.deepcopy(ar_base), args=training_args(tmp_path, 8),
+                           train_dataset=toy_rows(16 * 8, seed=4), space_config=config)
+    trainer.train()  # briefly: the masks are right only part of the time
+    model = trainer.model.eval()
+    rows, generated = [], []
+    for prompt in toy_prompts():
+        out = model.generate(prompt[None], max_new_tokens=24, do_sample=False, use_space=True,
+                             return_dict_in_generate=True, space_layout=SpaceLayoutPlan.full(K))
+        answer = out.sequences[0, len(prompt):].tolist()
+        rows.append({"input_ids": prompt.tolist() + answer, "labels": [IGNORE] * len(prompt) + answer})
+        generated.append([count - 1 for count in out.tokens_per_pass[0][1:]])  # pass 1 (prefill) verifies nothing
+    simulated = SpaceTrainer(model=model, args=training_args(tmp_path / "evaluation", 1), train_dataset=rows,
+                             eval_dataset=rows, space_config=config).simulate_greedy_acceptance()
+    for walked, passes in zip(simulated, generated, strict=True):
+        # the walk stops where a block no longer fits in the text; generation goes on to max_new_tokens
+        assert walked == passes[: len(walked)] and len(walked) >= len(passes) - K
+    pooled = [count for walked in simulated for count in walked]
+    # not a trivial case: some drafts are accepted and some rejected
+    assert any(count > 0 for count in pooled) and any(count < K for count in pooled)
+    assert 0 < acceptance_rates(pooled, K)[0] < 1

@@ -16,7 +16,7 @@ Imports only the standard library and torch-free code (it ships as remote code).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 
@@ -72,6 +72,26 @@ def acceptance_rates(accepted_counts: Sequence[int], num_candidates: int) -> lis
         passed = sum(1 for count in accepted_counts if count > depth)
         rates.append(passed / reached if reached else 0.0)
     return rates
+
+
+def greedy_chain_accepted(drafts_right: Mapping[int, Sequence[bool]], first_start: int) -> list[int]:
+    """Accepted counts of the passes greedy SPACE at the full layout makes over a known greedy text, from
+    teacher-forced drafts: `drafts_right[s][j]` says whether mask j of the block starting at s (it sees the
+    text before s and drafts s+1..s+k) equals the text. A pass that accepts a drafts emits a + 1 tokens and
+    the next drafts come from the block at s + a + 1 (the group after the last accepted draft). The walk
+    ends at the first start without a block (the end of the text).
+
+    Why: uniform agreement weighs every position alike, but generation drafts only where the previous pass
+    stopped, right after a rejection; this is the acceptance those positions give, without generating."""
+    counts, start = [], first_start
+    while start in drafts_right:
+        right = drafts_right[start]
+        accepted = 0
+        while accepted < len(right) and right[accepted]:
+            accepted += 1
+        counts.append(accepted)
+        start += accepted + 1
+    return counts
 
 
 def expected_rates(plan: SpaceLayoutPlan, alphas: Sequence[float]) -> tuple[float, float]:

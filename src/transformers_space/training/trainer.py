@@ -41,7 +41,8 @@ from transformers.trainer_utils import get_last_checkpoint
 from ..decoding.compat import cache_argument_name, new_cache
 from ..decoding.configuration import SpaceConfig
 from ..decoding.gated import GatedLoraAdapter, GatedMaskEmbedding
-from .collator import IGNORE, SpaceDataCollator
+from ..decoding.planning import greedy_chain_accepted
+from .collator import IGNORE, SpaceDataCollator, valid_block_starts
 from .data import prepare_rows
 from .distributed import fsdp_on_cpu
 from .losses import mask_index_in_block, mask_token_losses
@@ -244,6 +245,40 @@ class SpaceTrainer(Trainer):
         with torch.no_grad(), self.compute_loss_context_manager():
             loss = self.compute_loss(model, inputs)
         return loss.detach(), None, None
+
+    @torch.no_grad()
+    def simulate_greedy_acceptance(self) -> list[list[int]]:
+        """Per evaluation row, the accepted counts of the passes greedy SPACE at the full
+        layout would make if it generated that row's answer: every valid block start is drafted teacher-forced
+        in one forward, then `greedy_chain_accepted` walks from the first answer position. On self-distilled
+        rows (the base's own greedy answers) this is what generation measures (`acceptance_rates` of the
+        pooled counts, tokens per pass = mean count + 1), at the cost of one forward per row.
+
+        Why beside `eval_sar_agreement_j`: agreement weighs every position alike, generation drafts only from
+        where the previous pass stopped, mostly right after a rejected draft; the two can move apart."""
+        rows = self.eval_dataset
+        if rows is None:
+            raise ValueError("Simulated acceptance reads the evaluation rows: pass `eval_dataset` to SpaceTrainer.")
+        k = self.space_config.num_mask_tokens
+        every_start = replace(self.data_collator, blocks_per_sequence=max(len(row["labels"]) for row in rows),
+                              sar_probability=1.0, generator=torch.Generator())
+        forward = self._gated_forward if self.space_config.mode == "gated" else self._single_forward
+        model, was_training = self.model, self.model.training
+        model.eval()
+        counts = []
+        try:
+            for row in rows:
+                starts = valid_block_starts(row["labels"], k)
+                if not starts:
+                    counts.append([])
+                    continue
+                logits, targets, is_mask, teacher, _ = forward(model, self._prepare_inputs(every_start([row])))
+                drafted = is_mask & (targets != IGNORE)
+                right = (logits.argmax(-1) == teacher.argmax(-1))[drafted].view(len(starts), k).tolist()
+                counts.append(greedy_chain_accepted(dict(zip(starts, right, strict=True)), starts[0]))
+        finally:
+            model.train(was_training)
+        return counts
 
     # --- metrics -------------------------------------------------------------------------------------------
 
