@@ -31,11 +31,8 @@ from transformers_space.decoding.planning import acceptance_rates
 from transformers_space.training.cli import load_rows
 
 
-def agreement(folder: str, rows: list[dict], max_length: int, batch_size: int, seed: int,
+def agreement(model, tokenizer, rows: list[dict], max_length: int, batch_size: int, seed: int,
               chain: bool = False) -> dict[str, float]:
-    from heldout_acceptance import load
-
-    model, tokenizer = load(folder)
     with tempfile.TemporaryDirectory() as scratch:
         trainer = SpaceTrainer(
             model=model, args=TrainingArguments(output_dir=scratch, per_device_eval_batch_size=batch_size,
@@ -74,11 +71,14 @@ def main() -> None:
                         "(log_history, step from each checkpoint-N name; the first --data file) for "
                         "examples/plot_training_curve.py.")
     args = parser.parse_args()
+    from heldout_acceptance import load
+
     data = {path: load_rows(path) for path in args.data}
     history = []
     for folder in sorted(args.model, key=checkpoint_step):
+        model, tokenizer = load(folder)  # once per model, measured on every file
         for number, (path, rows) in enumerate(data.items()):
-            metrics = agreement(folder, rows, args.max_length, args.batch_size, args.seed, args.chain)
+            metrics = agreement(model, tokenizer, rows, args.max_length, args.batch_size, args.seed, args.chain)
             print(json.dumps({"model": folder, "data": path, **metrics}), flush=True)
             if number == 0:
                 history.append({"step": checkpoint_step(folder), **metrics})
