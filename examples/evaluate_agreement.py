@@ -22,6 +22,7 @@ import argparse
 import json
 import re
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from transformers import TrainingArguments
@@ -32,13 +33,16 @@ from transformers_space.training.cli import load_rows
 
 
 def agreement(model, tokenizer, rows: list[dict], max_length: int, batch_size: int, seed: int,
-              chain: bool = False) -> dict[str, float]:
+              chain: bool = False, blocks_per_sequence: int = 16) -> dict[str, float]:
+    # the blocks are drawn from the seed AND the block count: a model trained with another count is measured
+    # on the same blocks as the rest, not on the count its own config records
+    space_config = replace(SpaceConfig.of(model), blocks_per_sequence=blocks_per_sequence)
     with tempfile.TemporaryDirectory() as scratch:
         trainer = SpaceTrainer(
             model=model, args=TrainingArguments(output_dir=scratch, per_device_eval_batch_size=batch_size,
                                                 report_to="none", seed=seed, use_cpu=True),
             train_dataset=rows[:1], eval_dataset=rows, processing_class=tokenizer,
-            space_config=SpaceConfig.of(model), max_length=max_length,
+            space_config=space_config, max_length=max_length,
         )
         metrics = trainer.evaluate()
         metrics = {key: value for key, value in metrics.items() if "agreement" in key or key == "eval_loss"}
@@ -65,6 +69,8 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=384)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0, help="The mask blocks drawn; training runs use --seed too.")
+    parser.add_argument("--blocks-per-sequence", type=int, default=16, help="Mask blocks per row (the "
+                        "recipe's training value), the same for every --model whatever it was trained with.")
     parser.add_argument("--chain", action="store_true", help="Also simulate greedy generation at the full "
                         "layout on each row's answer: per-mask acceptance and tokens per pass (chain_*).")
     parser.add_argument("--state-output", help="Also write the results as a trainer_state.json-like file "
@@ -78,7 +84,8 @@ def main() -> None:
     for folder in sorted(args.model, key=checkpoint_step):
         model, tokenizer = load(folder)  # once per model, measured on every file
         for number, (path, rows) in enumerate(data.items()):
-            metrics = agreement(model, tokenizer, rows, args.max_length, args.batch_size, args.seed, args.chain)
+            metrics = agreement(model, tokenizer, rows, args.max_length, args.batch_size, args.seed, args.chain,
+                                args.blocks_per_sequence)
             print(json.dumps({"model": folder, "data": path, **metrics}), flush=True)
             if number == 0:
                 history.append({"step": checkpoint_step(folder), **metrics})

@@ -10,7 +10,9 @@
 """
 
 import copy
+import importlib.util
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,6 +25,7 @@ from transformers_space.training.collator import IGNORE, SpaceDataCollator
 from transformers_space.training.losses import kl_to_teacher, mask_index_in_block, mask_token_losses
 
 K = 3
+EXAMPLES = Path(__file__).parent.parent / "examples"
 
 
 def test_losses_equal_hand_computed_values():
@@ -208,6 +211,26 @@ def test_every_evaluation_draws_the_same_blocks(ar_base, tmp_path):
     first = evaluation(seed=0, global_seed=1)
     assert evaluation(seed=0, global_seed=2) == first  # the global RNG does not choose the blocks
     assert evaluation(seed=7, global_seed=1)["eval_loss"] != first["eval_loss"]  # args.seed does
+
+
+def test_evaluate_agreement_draws_the_same_blocks_whatever_count_a_model_was_trained_with(ar_base, tmp_path):
+    """examples/evaluate_agreement.py compares runs on the same blocks: the count is its own, not the model's."""
+    spec = importlib.util.spec_from_file_location("evaluate_agreement", EXAMPLES / "evaluate_agreement.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    rows = toy_rows(8, seed=1)
+    config = SpaceConfig(num_mask_tokens=K, mode="gated", adapter_rank=8, sar_probability=1.0, blocks_per_sequence=4)
+    model = SpaceTrainer(model=copy.deepcopy(ar_base), args=training_args(tmp_path, 1), train_dataset=rows,
+                         space_config=config).model.eval()
+
+    def measured(trained_with: int, measured_with: int) -> dict[str, float]:
+        model.config.space_config["blocks_per_sequence"] = trained_with
+        return script.agreement(model, None, rows, max_length=64, batch_size=4, seed=0,
+                                blocks_per_sequence=measured_with)
+
+    first = measured(trained_with=4, measured_with=6)
+    assert measured(trained_with=12, measured_with=6) == first
+    assert measured(trained_with=4, measured_with=2)["eval_loss"] != first["eval_loss"]
 
 
 @pytest.mark.parametrize("mode", ["gated", "full"])

@@ -2,7 +2,8 @@
 # Continue a gated adapter with the base frozen: load FROM (an adapter folder) on the original base, train STEPS
 # more steps on the recipe's data (recipe.sh step 1 builds it), evaluate held-out agreement every 100 steps.
 # Stage 4 of the shipped adapter: FROM = the stage-3 adapter (git show 5a923d5:hub_configs/smollm2-135m-space-gated/...),
-# SEED=0, OUT=data/stage4-r16; stage 5: FROM = the stage-4 adapter, SEED=1, OUT=data/stage5-r16.
+# SEED=0, OUT=data/stage4-r16; stage 5: FROM = the stage-4 adapter, SEED=1, OUT=data/stage5-r16; the 48-block
+# ablation: FROM = the stage-4 adapter, SEED=1, BLOCKS=48, STEPS=170, OUT=data/stage5-b48.
 # The result is a SPACE model folder; `transformers-space export --model $OUT --output-dir DIR --adapter-only
 # --base-model transformers-space:default` turns it into an adapter. Run alone: ~8.4 s a step on 2 CPU cores.
 set -euo pipefail
@@ -11,6 +12,7 @@ FROM=${FROM:-hub_configs/smollm2-135m-space-gated}
 OUT=${OUT:-data/continued-r16}
 STEPS=${STEPS:-400}
 SEED=${SEED:-0}
+BLOCKS=${BLOCKS:-16}   # mask blocks drawn per row: each row's prefix forward is shared by all of them
 START="$OUT-start"
 python - "$FROM" "$START" <<'PY'
 import sys
@@ -24,7 +26,7 @@ model.save_pretrained(sys.argv[2])
 tokenizer.save_pretrained(sys.argv[2])
 PY
 transformers-space train --model "$START" --data data/distill_v5.jsonl --eval_data data/heldout_v5.jsonl \
-  --mode gated --num_mask_tokens 4 --blocks_per_sequence 16 --sar_probability 1.0 --max_length 384 \
+  --mode gated --num_mask_tokens 4 --blocks_per_sequence "$BLOCKS" --sar_probability 1.0 --max_length 384 \
   --adapter_rank 16 --adapter_alpha 32 --mask_loss cross_entropy --output_dir "$OUT" \
   --per_device_train_batch_size 8 --per_device_eval_batch_size 8 --learning_rate 5e-4 --warmup_steps 10 \
   --lr_scheduler_type cosine --max_steps "$STEPS" --eval_strategy steps --eval_steps 100 \
