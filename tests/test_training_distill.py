@@ -7,6 +7,7 @@
 - gradients reach only the trainable parameters, and in full mode the KL term does not pull the AR logits;
 - a few real training steps with `mask_loss="kl"` lower the KL and log `sar_agreement`;
 - simulated greedy acceptance (teacher-forced drafts walked like generation) equals generation's own passes.
+- examples/evaluate_agreement.py measures every model on the same blocks, whatever count it was trained with.
 """
 
 import copy
