@@ -2,7 +2,7 @@
 # Continue a gated adapter with the base frozen: load FROM (an adapter folder) on the original base, train STEPS
 # more steps on the recipe's data (recipe.sh step 1 builds it), evaluate held-out agreement every 100 steps.
 # Stage 4 of the shipped adapter: FROM = the stage-3 adapter (git show 5a923d5:hub_configs/smollm2-135m-space-gated/...),
-# SEED=0, OUT=data/stage4-r16; stage 5: FROM = the stage-4 adapter, SEED=1, OUT=data/stage5-r16; the 48-block
+# SEED=0, OUT=data/stage4-r16; stage 5: FROM = the stage-4 adapter (f4a6f24), SEED=1, OUT=data/stage5-r16; the 48-block
 # ablation: FROM = the stage-4 adapter, SEED=1, BLOCKS=48, STEPS=170, OUT=data/stage5-b48.
 # The result is a SPACE model folder; `transformers-space export --model $OUT --output-dir DIR --adapter-only
 # --base-model transformers-space:default` turns it into an adapter. Run alone: ~8.4 s a step on 2 CPU cores.
