@@ -29,6 +29,7 @@ from transformers import TrainingArguments
 
 from transformers_space import SpaceConfig, SpaceTrainer
 from transformers_space.decoding.planning import acceptance_rates
+from transformers_space.loading import load_model
 from transformers_space.training.cli import load_rows
 
 
@@ -77,12 +78,10 @@ def main() -> None:
                         "(log_history, step from each checkpoint-N name; the first --data file) for "
                         "examples/plot_training_curve.py.")
     args = parser.parse_args()
-    from heldout_acceptance import load
-
     data = {path: load_rows(path) for path in args.data}
     history = []
     for folder in sorted(args.model, key=checkpoint_step):
-        model, tokenizer = load(folder)  # once per model, measured on every file
+        model, tokenizer = load_model(folder)  # once per model, measured on every file
         for number, (path, rows) in enumerate(data.items()):
             metrics = agreement(model, tokenizer, rows, args.max_length, args.batch_size, args.seed, args.chain,
                                 args.blocks_per_sequence)

@@ -26,26 +26,12 @@ from tqdm.auto import tqdm
 
 from transformers_space import SpaceConfig, SpaceLayoutPlan
 from transformers_space.decoding.planning import acceptance_rates
-from transformers_space.hub import ADAPTER_CONFIG, load_space_adapter
-from transformers_space.modeling import load_space_model
+from transformers_space.loading import load_model
 from transformers_space.prompts import encode_prompts
 from transformers_space.training.distill import select_prompts
 
 logger = logging.getLogger("heldout_acceptance")
 HELDOUT_SEED = 0  # the order of held-out prompts; the split itself does not depend on it
-
-
-def load(path: str):
-    """(model, tokenizer) of an adapter folder or a SPACE model folder."""
-    if (Path(path) / ADAPTER_CONFIG).is_file():
-        return load_space_adapter(path, dtype=torch.float32)
-    from transformers import AutoTokenizer
-
-    from transformers_space.assets import default_model_dir
-
-    folder = Path(path)
-    tokenizer_dir = folder if (folder / "tokenizer_config.json").is_file() else default_model_dir()
-    return load_space_model(path, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(tokenizer_dir)
 
 
 def measure(model, tokenizer, prompts: list[str], max_new_tokens: int) -> dict:
@@ -119,7 +105,7 @@ def main() -> None:
               "chat": select_prompts("chat", args.chat, "heldout", HELDOUT_SEED)}
     results: dict[str, dict] = {}
     for path in args.models:
-        model, tokenizer = load(path)
+        model, tokenizer = load_model(path)
         results[path] = {suite: measure(model, tokenizer, prompts, args.max_new_tokens)
                          for suite, prompts in suites.items() if prompts}
         for suite, result in results[path].items():

@@ -56,6 +56,31 @@ def test_train_command_gated(model_dir, tmp_path, capsys):
                        model.generate(prompt, max_new_tokens=8, use_space=False))
 
 
+def test_train_command_continues_a_gated_adapter_folder(model_dir, tmp_path):
+    """--model may name an adapter folder: training starts from its weights on its base (learning rate 0 keeps
+    them, so the saved model must carry exactly the adapter's trained, non-zero weights), the base stays frozen."""
+    from transformers_space.hub import load_space_adapter, save_space_adapter
+
+    data = write_jsonl(tmp_path / "data.jsonl", toy_rows(16, seed=0))
+    common = ["--data", str(data), "--mode", "gated", "--num-mask-tokens", "4", "--max-steps", "2",
+              "--report-to", "none", "--save-strategy", "no", "--use-cpu", "--disable-tqdm", "true"]
+    assert main(["train", "--model", str(model_dir), "--output-dir", str(tmp_path / "first"), *common]) == 0
+    adapter = save_space_adapter(load_space_model(tmp_path / "first"), tmp_path / "adapter", base_model=str(model_dir))
+    assert main(["train", "--model", str(adapter), "--output-dir", str(tmp_path / "then"), "--learning-rate", "0",
+                 *common]) == 0
+    saved, _ = load_space_adapter(adapter)
+    continued = load_space_model(tmp_path / "then")
+    expected, got = saved.state_dict(), continued.state_dict()
+    adapter_keys = [name for name in expected if ".space_" in name]
+    assert any(name.endswith("lora_B.weight") and expected[name].abs().sum() > 0 for name in adapter_keys)
+    assert set(adapter_keys) == {name for name in got if ".space_" in name}
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name
+    with pytest.raises(ValueError, match="adapter_rank=8 \\(model: 16\\)"):
+        main(["-v", "train", "--model", str(adapter), "--output-dir", str(tmp_path / "other"), "--adapter-rank", "8",
+              *common])
+
+
 def test_train_command_lora_saves_a_merged_model(model_dir, tmp_path):
     data = write_jsonl(tmp_path / "data.jsonl", toy_rows(16, seed=0))
     out = tmp_path / "out"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Continue a gated adapter with the base frozen: load FROM (an adapter folder) on the original base, train STEPS
-# more steps on the recipe's data (recipe.sh step 1 builds it), evaluate held-out agreement every 100 steps.
+# Continue a gated adapter with the base frozen: train FROM (an adapter folder; `train --model` puts it back on its
+# base) STEPS more steps on the recipe's data (recipe.sh step 1 builds it), evaluate held-out agreement every 100 steps.
 # Stage 4 of the shipped adapter: FROM = the stage-3 adapter (git show 5a923d5:hub_configs/smollm2-135m-space-gated/...),
 # SEED=0, OUT=data/stage4-r16; stage 5: FROM = the stage-4 adapter (f4a6f24), SEED=1, OUT=data/stage5-r16; the 48-block
 # ablation: FROM = the stage-4 adapter, SEED=1, BLOCKS=48, STEPS=170, OUT=data/stage5-b48.
@@ -13,19 +13,7 @@ OUT=${OUT:-data/continued-r16}
 STEPS=${STEPS:-400}
 SEED=${SEED:-0}
 BLOCKS=${BLOCKS:-16}   # mask blocks drawn per row: each row's prefix forward is shared by all of them
-START="$OUT-start"
-python - "$FROM" "$START" <<'PY'
-import sys
-
-import torch
-
-from transformers_space.hub import load_space_adapter
-
-model, tokenizer = load_space_adapter(sys.argv[1], dtype=torch.float32)
-model.save_pretrained(sys.argv[2])
-tokenizer.save_pretrained(sys.argv[2])
-PY
-transformers-space train --model "$START" --data data/distill_v5.jsonl --eval_data data/heldout_v5.jsonl \
+transformers-space train --model "$FROM" --data data/distill_v5.jsonl --eval_data data/heldout_v5.jsonl \
   --mode gated --num_mask_tokens 4 --blocks_per_sequence "$BLOCKS" --sar_probability 1.0 --max_length 384 \
   --adapter_rank 16 --adapter_alpha 32 --mask_loss cross_entropy --output_dir "$OUT" \
   --per_device_train_batch_size 8 --per_device_eval_batch_size 8 --learning_rate 5e-4 --warmup_steps 10 \

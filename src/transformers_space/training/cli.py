@@ -20,7 +20,11 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class TrainScriptArguments:
-    model: str = field(metadata={"help": "Folder (or Hub id) of the causal LM to train, with its tokenizer."})
+    model: str = field(
+        metadata={"help": "Folder (or Hub id) of the causal LM to train, with its tokenizer; or a gated adapter folder "
+                  "(`save_space_adapter`, e.g. the shipped hub_configs/smollm2-135m-space-gated), trained further "
+                  "on its base with the base frozen."}
+    )
     data: str = field(
         metadata={"help": ".jsonl (one row per line) or .json (a list of rows); each row holds `input_ids` "
                   "(optionally `labels`), `text`, or chat `messages`."}
@@ -90,20 +94,28 @@ def load_rows(path: str) -> list[dict]:
     raise ValueError(f"--data should be a .jsonl or .json file, got {path!r}.")
 
 
-def run(args: argparse.Namespace) -> int:
+def load_model_to_train(script: TrainScriptArguments) -> tuple:
+    """(model, tokenizer) named by --model. An adapter folder holds no model, only what training adds to a
+    base; it is put back on its base here, so that continuing an adapter is one command like any other."""
     import torch
     from transformers import AutoTokenizer
 
+    from ..hub import ADAPTER_CONFIG, load_space_adapter
     from ..modeling import load_space_model
+
+    options = {"dtype": getattr(torch, script.dtype), "attn_implementation": script.attn_implementation}
+    if os.path.isfile(os.path.join(script.model, ADAPTER_CONFIG)):
+        return load_space_adapter(script.model, **options)
+    return load_space_model(script.model, **options), AutoTokenizer.from_pretrained(script.model)
+
+
+def run(args: argparse.Namespace) -> int:
     from .trainer import SpaceTrainer
 
     script, space_config, training_args = parse(args)
     rows = load_rows(script.data)
     eval_rows = load_rows(script.eval_data) if script.eval_data else None
-    tokenizer = AutoTokenizer.from_pretrained(script.model)
-    model = load_space_model(
-        script.model, dtype=getattr(torch, script.dtype), attn_implementation=script.attn_implementation
-    )
+    model, tokenizer = load_model_to_train(script)
     trainer = SpaceTrainer(
         model=model, args=training_args, train_dataset=rows, eval_dataset=eval_rows, processing_class=tokenizer,
         space_config=space_config, max_length=script.max_length,
