@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from test_lossless import RecordingStreamer
 from tiny_models import left_padded, random_prompts, tiny_model
 
 from transformers_space.decoding.autotune import auto_plan, calibrate_acceptance, cost_function, measure_pass_costs
@@ -95,7 +96,36 @@ def test_every_plan_is_lossless(plan, arch, verification_log):
         assert torch.equal(plain, space.sequences)
         assert space.space_layout == plan.to_dict()
         assert all(count <= plan.num_masks + 1 for counts in space.tokens_per_pass for count in counts)
-    assert max(verification_log.counts()) >= min(plan.num_masks, 1)
+    if plan.groups:
+        assert max(verification_log.counts()) >= 1
+    else:  # nothing to draft: transformers' own loop ran, not SPACE's
+        assert not verification_log.counts()
+
+
+def test_a_plan_that_drafts_nothing_is_plain_decoding_and_counts_each_rows_tokens(verification_log):
+    """No drafts is plain decoding, run by transformers' loop (SPACE's would only add its per-pass overhead);
+    a dict output still says one token per pass for each row, up to where that row stopped."""
+    model = tiny_model("llama", seed=1, num_mask_tokens=3, drafty=True)
+    ids, mask = left_padded([5, 9, 3, 7], 1)
+    unstopped = model.generate(ids, attention_mask=mask, max_new_tokens=16, do_sample=False, pad_token_id=0)
+    eos = int(unstopped[0, ids.shape[1] + 4])  # row 0 stops after at most 5 tokens, other rows elsewhere
+    kwargs = dict(attention_mask=mask, max_new_tokens=16, do_sample=False, eos_token_id=eos, pad_token_id=0,
+                  output_scores=True, return_dict_in_generate=True)
+    plain = model.generate(ids, **kwargs)
+    space = model.generate(ids, use_space=True, space_layout=SpaceLayoutPlan(0, ()), **kwargs)
+    assert torch.equal(plain.sequences, space.sequences)
+    assert all(torch.equal(a, b) for a, b in zip(plain.scores, space.scores, strict=True))
+    lengths = [row.tolist().index(eos) + 1 if eos in row else len(row) for row in plain.sequences[:, ids.shape[1]:]]
+    assert len(set(lengths)) > 1
+    assert space.tokens_per_pass == [[1] * length for length in lengths]
+    assert space.space_layout == SpaceLayoutPlan(0, ()).to_dict()
+    plain_streamer, space_streamer = RecordingStreamer(), RecordingStreamer()
+    prompt = ids[1:2, mask[1].argmax():]
+    model.generate(prompt, max_new_tokens=8, do_sample=False, streamer=plain_streamer)
+    model.generate(prompt, max_new_tokens=8, do_sample=False, streamer=space_streamer, use_space=True,
+                   space_layout=SpaceLayoutPlan(0, ()))
+    assert space_streamer.puts == plain_streamer.puts and space_streamer.ended
+    assert not verification_log.counts()
 
 
 def test_num_mask_tokens_argument():

@@ -14,7 +14,8 @@ criteria see exactly the sequences plain decoding would show them.
 
 The loop knows what a pass computes (`forward.py`), not how: the plan's `PassKernels` (`kernels.py`) supply
 the contexts a generate call and each pass open. What it may refuse is checked once, in `check_generation`,
-against the generation config transformers merged.
+against the generation config transformers merged. A plan that drafts nothing (`num_mask_tokens="auto"` where
+drafting does not pay) is plain decoding, so transformers' own loop runs it (`decode_without_drafts`).
 
 The loop runs under `torch.inference_mode()`, not only `no_grad`: a SPACE pass of a small model is thousands of
 small tensor operations, and skipping autograd's version counters and view tracking pays on a CPU
@@ -28,10 +29,10 @@ Imports only torch, transformers and sibling modules (it ships as remote code).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
-from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+from transformers import GenerationConfig, GenerationMixin, LogitsProcessorList, StoppingCriteriaList
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from .candidates import SpaceCandidateGenerator
@@ -81,6 +82,9 @@ def space_decoding(
     if space_streamer is not None:
         streamer = space_streamer
         streamer.put(input_ids.cpu())
+    if not plan.groups:
+        return decode_without_drafts(model, input_ids, logits_processor, stopping_criteria, generation_config,
+                                     synced_gpus, streamer, plan, **model_kwargs)
     with (without_autograd(model), kernels.around_generate(model),  # see the module docstring
           masks_per_group(model, plan.num_masks)):
         state = DecodingState.start(model, input_ids, model_kwargs, generation_config, logits_processor)
@@ -119,6 +123,39 @@ def space_decoding(
             streamer.end()
         output = state.output(generation_config, plan)
     return outside_inference_mode(output)
+
+
+def decode_without_drafts(model, input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus,
+                          streamer, plan: SpaceLayoutPlan, **model_kwargs):
+    """A plan that drafts nothing, run by transformers' own decoding loop: its output is plain decoding's by
+    definition, and SPACE's loop would only add its per-pass bookkeeping (bench v13 in BENCHMARKS.md: up to 7%
+    slower than plain). A dict output still says what ran, as SPACE's does: one token per pass per row."""
+    criteria = _CountingStoppingCriteria(stopping_criteria, input_ids.shape[0])
+    with kernels_named(plan.kernels).around_pass(model):
+        output = GenerationMixin._sample(model, input_ids, logits_processor, criteria, generation_config,
+                                         synced_gpus=synced_gpus, streamer=streamer, **model_kwargs)
+    if not isinstance(output, GenerateDecoderOnlyOutput):
+        return output
+    return SpaceGenerateOutput(
+        **{field.name: getattr(output, field.name) for field in fields(output)},
+        tokens_per_pass=[[1] * int(count) for count in criteria.emitted], space_layout=plan.to_dict(),
+    )
+
+
+class _CountingStoppingCriteria(StoppingCriteriaList):
+    """The stopping criteria, also counting each row's tokens: transformers' loop calls them once per token,
+    and a row emits one until they first say it is done."""
+
+    def __init__(self, criteria: StoppingCriteriaList, batch_size: int):
+        super().__init__(criteria)
+        self.emitted = torch.zeros(batch_size, dtype=torch.long)
+        self.finished = torch.zeros(batch_size, dtype=torch.bool)
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        done = super().__call__(input_ids, scores, **kwargs)
+        self.emitted += (~self.finished).long()
+        self.finished |= done.cpu()
+        return done
 
 
 def outside_inference_mode(output):
