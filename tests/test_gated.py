@@ -222,6 +222,37 @@ def test_updates_through_data_remake_the_decoding_copies():
         assert torch.equal(adapters[3].prepared.shared.stacked_a_t, adapters[3].lora_A.weight.t())  # o_proj: alone
 
 
+def test_growing_the_rank_keeps_what_the_adapters_compute():
+    """More rank for a trained adapter: the old directions stay, the new ones start at zero, so mask positions
+    compute what they did (up to the summation order of the larger product) and decoding stays lossless."""
+    from transformers_space.decoding.gated import GatedLoraAdapter
+    from transformers_space.training import grow_gated_adapters
+
+    model = gated_model("llama", seed=0, num_mask_tokens=3)
+    mask_id = model.config.space_config["mask_token_id"]
+    ids = torch.cat([random_prompts(2, 6, 0), torch.full((2, 3), mask_id)], dim=1)
+    with torch.no_grad():
+        before = model(ids).logits
+    adapters = [m for m in model.modules() if isinstance(m, GatedLoraAdapter)]
+    old = [(adapter.lora_A.weight.clone(), adapter.lora_B.weight.clone()) for adapter in adapters]
+    grow_gated_adapters(model, 24)
+    for (a, b), adapter in zip(old, adapters, strict=True):
+        assert adapter.lora_A.weight.shape == (24, a.shape[1]) and torch.equal(adapter.lora_A.weight[:16], a)
+        assert torch.equal(adapter.lora_B.weight[:, :16], b) and not adapter.lora_B.weight[:, 16:].any()
+        assert adapter.lora_A.weight[16:].abs().sum() > 0  # new directions can learn: A is random, not zero
+    with torch.no_grad():
+        after = model(ids).logits
+    assert torch.equal(before[:, :6], after[:, :6]) and torch.allclose(before, after, atol=1e-5)
+    assert (model.config.space_config["adapter_rank"], model.config.space_config["adapter_alpha"]) == (24, 48.0)
+    assert all(parameter.requires_grad for name, parameter in model.named_parameters() if ".space_" in name)
+    assert_lossless(model, random_prompts(1, 7, 3), max_new_tokens=20)
+    for bad in (24, 8, True):
+        with pytest.raises(ValueError, match="above the adapters' rank 24"):
+            grow_gated_adapters(model, bad)
+    with pytest.raises(ValueError, match="needs a model with gated SPACE adapters"):
+        grow_gated_adapters(tiny_model("llama", seed=0), 32)
+
+
 def test_adapters_follow_the_models_mode_when_installed():
     from transformers import AutoModelForCausalLM
 

@@ -211,6 +211,28 @@ def test_gated_trains_only_the_adapters(ar_base, tmp_path, start):
     assert "sar_loss" in trainer.state.log_history[0] and "ar_loss" not in trainer.state.log_history[0]
 
 
+def test_what_training_adds_is_drawn_from_the_seed(ar_base, tmp_path):
+    """The adapters' random initial weights come from `args.seed`, whatever the global RNG held before, as a
+    `model_init` model's do: the same command gives the same run. Also when a carried adapter is grown."""
+
+    def added_weights(seed: int, rng_before: int, model=None, rank: int = 16) -> dict:
+        torch.manual_seed(rng_before)
+        trainer = SpaceTrainer(
+            model=copy.deepcopy(ar_base) if model is None else copy.deepcopy(model),
+            args=training_args(tmp_path, 1, seed=seed), train_dataset=toy_rows(16, seed=0),
+            space_config=SpaceConfig(num_mask_tokens=K, mode="gated", adapter_rank=rank, adapter_alpha=2 * rank),
+        )
+        return {name: p.detach().clone() for name, p in trainer.model.named_parameters() if "lora_A" in name}
+
+    first = added_weights(seed=0, rng_before=1)
+    assert first and all(torch.equal(first[name], tensor) for name, tensor in added_weights(0, 2).items())
+    assert not any(torch.equal(first[name], tensor) for name, tensor in added_weights(1, 1).items())
+    gated = add_space_support(copy.deepcopy(ar_base), num_mask_tokens=K, mode="gated")
+    grown = added_weights(0, 1, gated, rank=32)
+    assert all(tensor.shape[0] == 32 for tensor in grown.values())
+    assert all(torch.equal(grown[name], tensor) for name, tensor in added_weights(0, 2, gated, rank=32).items())
+
+
 def test_per_position_mask_embeddings_train_and_reload(ar_base, tmp_path):
     """Each mask of a group trains its own embedding row; the rows save and load with the model (alone: test_hub)."""
     trainer = SpaceTrainer(

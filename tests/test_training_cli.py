@@ -76,9 +76,23 @@ def test_train_command_continues_a_gated_adapter_folder(model_dir, tmp_path):
     assert set(adapter_keys) == {name for name in got if ".space_" in name}
     for name in expected:
         assert torch.equal(expected[name], got[name]), name
-    with pytest.raises(ValueError, match="adapter_rank=8 \\(model: 16\\)"):
-        main(["-v", "train", "--model", str(adapter), "--output-dir", str(tmp_path / "other"), "--adapter-rank", "8",
-              *common])
+    for smaller_or_rescaled in (["--adapter-rank", "8"], ["--adapter-rank", "32"]):  # alpha stays 32: another scale
+        with pytest.raises(ValueError, match=f"adapter_rank={smaller_or_rescaled[1]} \\(model: 16\\).*"
+                           "larger adapter_rank with adapter_alpha = 2 x adapter_rank"):
+            main(["-v", "train", "--model", str(adapter), "--output-dir", str(tmp_path / "other"),
+                  *smaller_or_rescaled, *common])
+    # more rank at the same scale (alpha / rank) grows the adapter: its trained directions continue
+    assert main(["train", "--model", str(adapter), "--output-dir", str(tmp_path / "grown"), "--learning-rate", "0",
+                 "--adapter-rank", "32", "--adapter-alpha", "64", *common]) == 0
+    grown = load_space_model(tmp_path / "grown").state_dict()
+    assert json.loads((tmp_path / "grown" / "space_config.json").read_text())["adapter_rank"] == 32
+    for name in adapter_keys:
+        if name.endswith("lora_A.weight"):
+            assert torch.equal(grown[name][:16], expected[name])
+        elif name.endswith("lora_B.weight"):
+            assert torch.equal(grown[name][:, :16], expected[name]) and not grown[name][:, 16:].any()
+        else:
+            assert torch.equal(grown[name], expected[name])
 
 
 def test_train_command_lora_saves_a_merged_model(model_dir, tmp_path):

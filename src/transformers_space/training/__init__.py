@@ -14,6 +14,7 @@ _EXPORTS = {
     "SpaceDataCollator": ".collator",
     "SpaceTrainer": ".trainer",
     "TokenizedRows": ".data",
+    "grow_gated_adapters": ".setup",
     "prepare_rows": ".data",
     "valid_block_starts": ".collator",
 }

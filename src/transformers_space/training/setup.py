@@ -4,19 +4,24 @@
 - "lora": SPACE support added, then peft LoRA on the attention and MLP projections plus the mask token's
   embedding row (`trainable_token_indices`); `merge_and_unload()` gives a plain SPACE model back.
 - "gated": SPACE support added with `mode="gated"`: gated adapters installed, the base frozen (also when the
-  model already carries them: `from_pretrained` of a saved gated model leaves every weight trainable).
+  model already carries them: `from_pretrained` of a saved gated model leaves every weight trainable). A larger
+  `adapter_rank` than the carried adapters' (same alpha / rank) grows them (`grow_gated_adapters`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 
+import torch
 from transformers import PreTrainedModel
 
 from ..decoding.configuration import SpaceConfig
-from ..decoding.gated import default_target_modules, gated_parameters, has_gated_adapters
+from ..decoding.gated import GatedLoraAdapter, default_target_modules, gated_parameters, has_gated_adapters
 from ..modeling import add_space_support
+
+logger = logging.getLogger(__name__)
 
 SETTINGS_FILE = "space_config.json"
 
@@ -30,6 +35,8 @@ def prepare_model(model, tokenizer, space_config: SpaceConfig):
     if not isinstance(model, PreTrainedModel):
         raise TypeError(f"`model` should be a transformers PreTrainedModel, got {type(model).__name__}.")
     check_existing_settings(model, space_config)
+    if _grows_adapters(model, space_config):
+        grow_gated_adapters(model, space_config.adapter_rank)
     model = add_space_support(model, tokenizer, **space_config.settings())
     resolved = SpaceConfig.of(model)
     if resolved.mode == "full":
@@ -50,16 +57,65 @@ def check_existing_settings(model: PreTrainedModel, requested: SpaceConfig) -> N
     saved = SpaceConfig.of(model)
     names = ("num_mask_tokens", "mask_token")
     if saved.mode == "gated" and has_gated_adapters(model) and requested.mode == "gated":
-        names += ("adapter_rank", "adapter_alpha", "adapter_target_modules", "per_position_mask_embeddings")
+        names += ("adapter_target_modules", "per_position_mask_embeddings")
+        if not _grows_adapters(model, requested):
+            names += ("adapter_rank", "adapter_alpha")
     differences = saved.differences(requested, names)
     if differences:
         changes = ", ".join(f"{name}={new!r} (model: {old!r})" for name, (old, new) in differences.items())
+        grow = ""
+        if "adapter_rank" in differences:
+            scale = saved.adapter_alpha / saved.adapter_rank
+            grow = (f" To grow its adapters instead, ask for a larger adapter_rank with adapter_alpha = {scale:g} x "
+                    "adapter_rank.")
         raise ValueError(
             f"This model already has SPACE settings from earlier preparation or training (mode {saved.mode!r}); "
             f"mode {requested.mode!r} training asks for {changes}. Its mask token was set up for the saved "
             "settings: train with them (`SpaceConfig(...)` with the model's values), or start from the original "
-            "model."
+            f"model.{grow}"
         )
+
+
+def _grows_adapters(model: PreTrainedModel, requested: SpaceConfig) -> bool:
+    """A gated model asked for more rank at the same scale (alpha / rank): its adapters are grown, not refused."""
+    if requested.mode != "gated" or not has_gated_adapters(model) or not SpaceConfig.is_set(model):
+        return False
+    saved = SpaceConfig.of(model)
+    return (requested.adapter_rank > saved.adapter_rank
+            and requested.adapter_alpha * saved.adapter_rank == saved.adapter_alpha * requested.adapter_rank)
+
+
+def grow_gated_adapters(model: PreTrainedModel, rank: int) -> PreTrainedModel:
+    """Raise the rank of the model's gated adapters without changing what they compute.
+
+    Why: a trained adapter that has reached what its rank can learn keeps its training when it gets more
+    capacity, instead of starting over at the larger rank. Each adapter keeps its directions; the new ones start
+    as a fresh adapter's do (random A rows, zero B columns), and alpha grows with the rank, so alpha / rank and
+    every mask position's output stay exactly as they were. The model's `SpaceConfig` records the new rank.
+    """
+    space_config = SpaceConfig.of(model)
+    if not has_gated_adapters(model) or space_config.mode != "gated":
+        raise ValueError("`grow_gated_adapters` needs a model with gated SPACE adapters (mode 'gated').")
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank <= space_config.adapter_rank:
+        raise ValueError(f"`rank` should be an int above the adapters' rank {space_config.adapter_rank}, got {rank!r}.")
+    for adapter in (module for module in model.modules() if isinstance(module, GatedLoraAdapter)):
+        old_a, old_b = adapter.lora_A.weight, adapter.lora_B.weight
+        grown = GatedLoraAdapter(old_a.shape[1], old_b.shape[0], rank, adapter.scaling * rank, 0.0,
+                                 adapter.positions, dtype=old_a.dtype, device=old_a.device)
+        with torch.no_grad():
+            grown.lora_A.weight[: old_a.shape[0]] = old_a
+            grown.lora_B.weight[:, : old_b.shape[1]] = old_b
+        adapter.lora_A, adapter.lora_B = grown.lora_A, grown.lora_B
+        adapter.prepared = None
+    scale = space_config.adapter_alpha / space_config.adapter_rank
+    space_config.adapter_rank, space_config.adapter_alpha = rank, scale * rank
+    space_config.save_to(model)
+    model.get_input_embeddings().space_mask.settings.update(rank=rank, alpha=space_config.adapter_alpha)
+    for parameter in gated_parameters(model):
+        parameter.requires_grad_(True)
+    logger.info("Gated adapters grown to rank %d (alpha %g); what they compute is unchanged.", rank,
+                space_config.adapter_alpha)
+    return model
 
 
 def apply_lora(model: PreTrainedModel, space_config: SpaceConfig):

@@ -1,8 +1,8 @@
 """`SpaceTrainer`: SAR-SFT (docs/method.md, "What the model learns") as a `transformers.Trainer` subclass.
 
-It keeps `Trainer`'s signature and adds `space_config=` and `max_length=`. At construction it prepares the
-model for the chosen mode (`setup.py`), tokenises and checks every row (`data.py`) and builds the collator
-(`collator.py`); so bad settings or data fail before any step. The loss:
+It keeps `Trainer`'s signature and adds `space_config=` and `max_length=`. At construction it seeds from
+`args.seed` and prepares the model for the chosen mode (`setup.py`), tokenises and checks every row
+(`data.py`) and builds the collator (`collator.py`); so bad settings or data fail before any step. The loss:
 
 - "full" / "lora": one forward over real tokens and appended mask blocks; AR loss on real tokens plus
   `mask_loss_weight` x the mask loss.
@@ -36,7 +36,7 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import enable_full_determinism, get_last_checkpoint, set_seed
 
 from ..decoding.compat import cache_argument_name, new_cache
 from ..decoding.configuration import SpaceConfig
@@ -80,6 +80,12 @@ class SpaceTrainer(Trainer):
                 "process per GPU with `torchrun` or `accelerate launch` (DDP) instead."
             )
         tokenizer = getattr(processing_class, "tokenizer", processing_class)
+        # what training adds (adapters with random A, LoRA, grown ranks) is drawn from `args.seed`, as Trainer
+        # seeds before it builds a `model_init` model: the same command gives the same run
+        if args.full_determinism:
+            enable_full_determinism(args.seed)
+        else:
+            set_seed(args.seed)
         model, self.space_config = prepare_model(model, tokenizer, space_config)
         model_config = model.config
         train_dataset = prepare_rows(train_dataset, tokenizer, self.space_config, model_config, max_length)
