@@ -105,8 +105,7 @@ def grow_gated_adapters(model: PreTrainedModel, rank: int) -> PreTrainedModel:
         with torch.no_grad():
             grown.lora_A.weight[: old_a.shape[0]] = old_a
             grown.lora_B.weight[:, : old_b.shape[1]] = old_b
-        adapter.lora_A, adapter.lora_B = grown.lora_A, grown.lora_B
-        adapter.prepared = None
+        adapter.lora_A, adapter.lora_B = grown.lora_A, grown.lora_B  # new tensors: decoding copies are remade
     scale = space_config.adapter_alpha / space_config.adapter_rank
     space_config.adapter_rank, space_config.adapter_alpha = rank, scale * rank
     space_config.save_to(model)
