@@ -70,8 +70,10 @@ def main(engine: str, mode: str, output_dir: str) -> None:
         report = {"losses": losses, "distributed_type": str(trainer.accelerator.distributed_type),
                   "world_size": world_size}
         Path(output_dir, "losses.json").write_text(json.dumps(report))
-    # tear the process group down before exit: left to interpreter shutdown, gloo's threads can abort a rank
-    # ("terminate called without an active exception", SIGABRT) after the work is done
+    # all ranks meet once rank 0 has written everything, then tear the process group down together before exit:
+    # left to interpreter shutdown, or done by one rank while the other still works, gloo's threads can abort a
+    # rank ("terminate called without an active exception", SIGABRT) after the work is done
+    trainer.accelerator.wait_for_everyone()
     trainer.accelerator.end_training()
 
 

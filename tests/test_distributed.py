@@ -31,7 +31,8 @@ TOLERANCE = 1e-5
 
 
 def run_worker(engine: str, mode: str, output_dir: Path) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(WORKER.parent)}
+    # PYTHONFAULTHANDLER: a rank that aborts (SIGABRT from a C++ thread) prints every thread's Python stack
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(WORKER.parent), "PYTHONFAULTHANDLER": "1"}
     if engine == "single":
         command = [sys.executable, str(WORKER)]
     else:

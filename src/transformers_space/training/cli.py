@@ -137,5 +137,8 @@ def run(args: argparse.Namespace) -> int:
             f"trained {result.global_step} steps ({totals['sar_blocks']} SAR blocks, {totals['target_tokens']} "
             f"target tokens on this process); SPACE model saved to {output_dir}"
         )
-    trainer.accelerator.end_training()  # destroys a distributed run's process group before the interpreter exits
+    # every process waits until rank 0 has saved, then the process group is destroyed while the interpreter is
+    # still whole: a rank tearing gloo down alone (or at interpreter shutdown) can abort with SIGABRT
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
     return 0
