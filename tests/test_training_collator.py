@@ -129,6 +129,26 @@ def test_blocks_are_drawn_afresh_and_reproducibly():
     assert torch.equal(*seeded)
 
 
+@pytest.mark.parametrize("two_pass", [False, True])
+def test_row_seed_draws_each_rows_blocks_from_the_row_alone(two_pass):
+    """Evaluation's draws: a row keeps its blocks whatever rows come before it, and another seed draws others."""
+    generator = torch.Generator().manual_seed(0)
+    rows = [{"input_ids": torch.randint(1, 90, (30 + 3 * i,), generator=generator).tolist()} for i in range(6)]
+    ids, positions = ("mask_input_ids", "mask_position_ids") if two_pass else ("input_ids", "position_ids")
+
+    def blocks(batch_rows, seed=7):  # per row, the positions of its mask tokens
+        out = collator(blocks_per_sequence=3, two_pass=two_pass, row_seed=seed)(batch_rows)
+        pairs = zip(out[ids], out[positions], strict=True)
+        return [row_positions[row_ids == M].tolist() for row_ids, row_positions in pairs]
+
+    alone = [blocks([row])[0] for row in rows]
+    assert blocks(rows) == alone  # one batch or one row at a time
+    assert blocks(rows[::-1]) == alone[::-1]  # in any order
+    assert blocks([{"input_ids": [5] * 40}, *rows[2:]]) == [blocks([{"input_ids": [5] * 40}])[0], *alone[2:]]
+    assert len({tuple(map(tuple, alone))} | {tuple(map(tuple, blocks(rows, seed=8)))}) == 2
+    assert len({tuple(b) for b in alone}) > 1  # rows draw their own blocks, not one shared pattern
+
+
 def test_mask_dtype_and_refusals():
     out = collator(mask_dtype=torch.bfloat16)([{"input_ids": [1, 2, 3, 4, 5, 6]}])
     assert out["attention_mask"].dtype == torch.bfloat16

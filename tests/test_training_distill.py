@@ -168,6 +168,24 @@ def test_kl_training_lowers_the_kl_and_logs_agreement(ar_base, tmp_path, mode):
     assert logged[-1]["sar_agreement"] > logged[0]["sar_agreement"]
 
 
+def test_evaluation_measures_shared_rows_on_the_same_blocks_whatever_else_the_set_holds(ar_base, tmp_path):
+    """Two held-out sets that differ by their first row (another machine's package versions phrase another code
+    prompt) draw the same blocks for every row they share; the first evaluation draws what the second does."""
+    rows = toy_rows(6, seed=5)
+    other = [toy_rows(1, seed=9)[0], *rows[1:]]
+    config = SpaceConfig(num_mask_tokens=K, mode="gated", sar_probability=1.0, blocks_per_sequence=2)
+
+    def eval_blocks(eval_rows):
+        trainer = SpaceTrainer(model=copy.deepcopy(ar_base), space_config=config, train_dataset=rows,
+                               eval_dataset=eval_rows, args=training_args(tmp_path, 1, per_device_eval_batch_size=1))
+        return [batch["mask_position_ids"].tolist() for batch in trainer.get_eval_dataloader()]
+
+    first = eval_blocks(rows)
+    assert first == eval_blocks(rows)
+    shared = eval_blocks(other)
+    assert shared[1:] == first[1:] and shared[0] != first[0]
+
+
 def test_mask_index_in_block():
     is_mask = torch.tensor([[0, 1, 1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 0, 1, 0, 0, 0, 0]], dtype=torch.bool)
     expected = torch.tensor([[0, 0, 1, 2, 0, 1, 2, 0, 0], [0, 1, 2, 0, 0, 0, 0, 0, 0]])

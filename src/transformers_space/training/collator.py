@@ -11,7 +11,9 @@ labels s..s+k all trainable.
 
 Blocks are drawn afresh on every call (so every epoch), from `generator` or torch's global RNG (which
 the Trainer seeds and restores on resume; accelerate's dataloader collates one batch ahead, so after a
-resume the draws differ from an uninterrupted run's, as with any random collator).
+resume the draws differ from an uninterrupted run's, as with any random collator). With `row_seed`
+(evaluation) each row's blocks come from that seed and the row's own tokens instead: a row gets the same
+blocks whatever rows come before it, so two held-out sets that differ by a row still measure the rest alike.
 
 Output `labels` are per-position TARGETS, already shifted: `labels[b, t]` is the token position t must
 predict, -100 for none.
@@ -41,6 +43,7 @@ and no real query sees padding.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -61,6 +64,13 @@ def valid_block_starts(labels: list[int], num_masks: int) -> list[int]:
         if index >= 1 and run >= num_masks + 1:
             starts.append(index)
     return starts[::-1]
+
+
+def row_draw_seed(seed: int, input_ids: list[int], labels: list[int]) -> int:
+    """The seed of one row's block draws under `row_seed`: from the seed and the row's tokens alone (a stable
+    hash, not Python's salted `hash`), so the row draws the same blocks in any process, batch or order."""
+    text = f"{seed}|{','.join(map(str, input_ids))}|{','.join(map(str, labels))}"
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
 
 
 @dataclass
@@ -92,6 +102,7 @@ class SpaceDataCollator:
     prefix_covers_targets: bool = False
     mask_dtype: torch.dtype = torch.float32
     generator: torch.Generator | None = None
+    row_seed: int | None = None
 
     def __post_init__(self) -> None:
         if self.sample_form not in (ONE_PASS, TRUNCATE):
@@ -101,9 +112,12 @@ class SpaceDataCollator:
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         rows = [self._row(feature, index) for index, feature in enumerate(features)]
+        generators = [self._generator_for(ids, labels) for ids, labels in rows]
         if self.two_pass:
-            return self._two_pass_batch(rows)
-        return self._single_forward_batch([self._layout_row(ids, labels) for ids, labels in rows])
+            return self._two_pass_batch(rows, generators)
+        layouts = [self._layout_row(ids, labels, generator)
+                   for (ids, labels), generator in zip(rows, generators, strict=True)]
+        return self._single_forward_batch(layouts)
 
     # --- drawing -----------------------------------------------------------------------------------------
 
@@ -120,24 +134,28 @@ class SpaceDataCollator:
             )
         return input_ids, labels
 
-    def _random(self) -> float:
-        return float(torch.rand((), generator=self.generator))
+    def _generator_for(self, input_ids: list[int], labels: list[int]) -> torch.Generator | None:
+        if self.row_seed is None:
+            return self.generator
+        return torch.Generator().manual_seed(row_draw_seed(self.row_seed, input_ids, labels))
 
-    def draw_starts(self, labels: list[int], count: int) -> list[int]:
-        """Up to `count` distinct valid block starts, uniformly at random, in increasing order."""
+    def draw_starts(self, labels: list[int], count: int, generator: torch.Generator | None) -> list[int]:
+        """Up to `count` distinct valid block starts, uniformly at random (from `generator`, the row's: see
+        `_generator_for`), in increasing order."""
         valid = valid_block_starts(labels, self.num_mask_tokens)
         if not valid:
             return []
-        chosen = torch.randperm(len(valid), generator=self.generator)[:count]
+        chosen = torch.randperm(len(valid), generator=generator)[:count]
         return sorted(valid[i] for i in chosen.tolist())
 
     # --- single forward ("full" and "lora") --------------------------------------------------------------
 
-    def _layout_row(self, input_ids: list[int], labels: list[int]) -> RowLayout:
+    def _layout_row(self, input_ids: list[int], labels: list[int], generator: torch.Generator | None) -> RowLayout:
         k = self.num_mask_tokens
         starts: list[int] = []
-        if self._random() < self.sar_probability:
-            starts = self.draw_starts(labels, 1 if self.sample_form == TRUNCATE else self.blocks_per_sequence)
+        if float(torch.rand((), generator=generator)) < self.sar_probability:
+            count = 1 if self.sample_form == TRUNCATE else self.blocks_per_sequence
+            starts = self.draw_starts(labels, count, generator)
         num_real = starts[0] if self.sample_form == TRUNCATE and starts else len(input_ids)
         # the real token at t predicts the label at t + 1 (still known when the row was cut at t + 1)
         row = RowLayout(
@@ -172,10 +190,12 @@ class SpaceDataCollator:
 
     # --- two passes ("gated") ----------------------------------------------------------------------------
 
-    def _two_pass_batch(self, rows: list[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
+    def _two_pass_batch(self, rows: list[tuple[list[int], list[int]]],
+                        generators: list[torch.Generator | None]) -> dict[str, torch.Tensor]:
         k = self.num_mask_tokens
         count = 1 if self.sample_form == TRUNCATE else self.blocks_per_sequence
-        starts = [self.draw_starts(labels, count) for _, labels in rows]
+        starts = [self.draw_starts(labels, count, generator)
+                  for (_, labels), generator in zip(rows, generators, strict=True)]
         for index, row_starts in enumerate(starts):
             if not row_starts:
                 raise ValueError(

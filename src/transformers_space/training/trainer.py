@@ -133,16 +133,18 @@ class SpaceTrainer(Trainer):
         )
 
     def get_eval_dataloader(self, eval_dataset=None):
-        """Every evaluation draws the same mask blocks: its own generator, seeded with `args.seed`.
+        """Every evaluation draws the same mask blocks: each row's from `args.seed` and the row's own tokens.
 
         With torch's global RNG each evaluation of a run drew other blocks (~0.02 of noise in the agreement), so
         a learning curve mixed what the model learned with which blocks were drawn. Now two evaluations (of one
-        run, two runs, or `examples/evaluate_agreement.py`) on the same rows differ only by the models. (With
-        --dataloader_persistent_workers the Trainer reuses its first evaluation loader, whose workers draw on.)"""
+        run, two runs, or `examples/evaluate_agreement.py`) on the same rows differ only by the models; and as a
+        row's blocks do not depend on the rows before it, held-out sets that differ by a few rows (code prompts
+        come from installed packages, so machines with other versions draw partly other ones) measure the
+        rows they share on the same blocks."""
         collator = self.data_collator
         if not isinstance(collator, SpaceDataCollator):
             return super().get_eval_dataloader(eval_dataset)
-        self.data_collator = replace(collator, generator=torch.Generator().manual_seed(self.args.seed))
+        self.data_collator = replace(collator, generator=None, row_seed=self.args.seed)
         try:
             return super().get_eval_dataloader(eval_dataset)
         finally:
