@@ -145,7 +145,7 @@ def test_row_seed_draws_each_rows_blocks_from_the_row_alone(two_pass):
     assert blocks(rows) == alone  # one batch or one row at a time
     assert blocks(rows[::-1]) == alone[::-1]  # in any order
     assert blocks([{"input_ids": [5] * 40}, *rows[2:]]) == [blocks([{"input_ids": [5] * 40}])[0], *alone[2:]]
-    assert len({tuple(map(tuple, alone))} | {tuple(map(tuple, blocks(rows, seed=8)))}) == 2
+    assert blocks(rows, seed=8) != alone  # the seed still decides
     assert len({tuple(b) for b in alone}) > 1  # rows draw their own blocks, not one shared pattern
 
 
