@@ -34,8 +34,9 @@ def prepare_model(model, tokenizer, space_config: SpaceConfig):
         )
     if not isinstance(model, PreTrainedModel):
         raise TypeError(f"`model` should be a transformers PreTrainedModel, got {type(model).__name__}.")
-    check_existing_settings(model, space_config)
-    if _grows_adapters(model, space_config):
+    grows = _grows_adapters(model, space_config)
+    check_existing_settings(model, space_config, grows)
+    if grows:
         grow_gated_adapters(model, space_config.adapter_rank)
     model = add_space_support(model, tokenizer, **space_config.settings())
     resolved = SpaceConfig.of(model)
@@ -50,15 +51,16 @@ def prepare_model(model, tokenizer, space_config: SpaceConfig):
     return model, resolved
 
 
-def check_existing_settings(model: PreTrainedModel, requested: SpaceConfig) -> None:
-    """A model that already has SPACE settings may be trained further only with the same mask layout."""
+def check_existing_settings(model: PreTrainedModel, requested: SpaceConfig, grows_adapters: bool) -> None:
+    """A model that already has SPACE settings may be trained further only with the same mask layout (and the
+    same adapters, unless `grows_adapters`: `_grows_adapters` said the request grows them)."""
     if not SpaceConfig.is_set(model):
         return
     saved = SpaceConfig.of(model)
     names = ("num_mask_tokens", "mask_token")
     if saved.mode == "gated" and has_gated_adapters(model) and requested.mode == "gated":
         names += ("adapter_target_modules", "per_position_mask_embeddings")
-        if not _grows_adapters(model, requested):
+        if not grows_adapters:
             names += ("adapter_rank", "adapter_alpha")
     differences = saved.differences(requested, names)
     if differences:
