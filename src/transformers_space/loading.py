@@ -15,9 +15,13 @@ import torch
 from .decoding.configuration import SpaceConfig
 
 
-def load_model(path: str | Path | None = None, num_mask_tokens: int = 4):
-    """(model, tokenizer) in fp32 with SPACE support; default: the offline default model
+def load_model(path: str | Path | None = None, num_mask_tokens: int = 4, dtype: torch.dtype = torch.float32):
+    """(model, tokenizer) with SPACE support, weights in `dtype`; default: the offline default model
     with the shipped gated adapter (as the demo).
+
+    fp32 by default: on most CPUs a bf16 pass is no faster. On CPUs with AMX (Intel Sapphire Rapids and later) a
+    bf16 pass of 2-16 tokens costs about what a 1-token pass costs, for models of ~0.5B parameters and more, which
+    is the regime where drafting pays (BENCHMARKS.md, "bf16 on a CPU with AMX").
 
     A gated adapter folder (`save_space_adapter`) loads onto its base; a SPACE model folder (its config has
     `space_config`) loads with `AutoSpaceModelForCausalLM`; a plain model gets `add_space_support(model,
@@ -29,7 +33,7 @@ def load_model(path: str | Path | None = None, num_mask_tokens: int = 4):
     from .modeling import add_space_support
 
     folder = Path(path) if path is not None else shipped_adapter_dir()
-    options = {"dtype": torch.float32}  # attention: transformers' default (sdpa, or eager where sdpa cannot serve)
+    options = {"dtype": dtype}  # attention: transformers' default (sdpa, or eager where sdpa cannot serve)
     if (folder / ADAPTER_CONFIG).is_file():
         model, tokenizer = load_space_adapter(folder, **options)
         tokenizer.padding_side = "left"
@@ -50,7 +54,7 @@ def _is_space_folder(folder: Path) -> bool:
     return config.is_file() and bool(json.loads(config.read_text(encoding="utf-8")).get("space_config"))
 
 
-def load_draft_model(path: str | Path, tokenizer):
+def load_draft_model(path: str | Path, tokenizer, dtype: torch.dtype = torch.float32):
     """A draft model for assisted generation; its folder's tokenizer must have the target's vocabulary."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -68,7 +72,7 @@ def load_draft_model(path: str | Path, tokenizer):
             f"{len(set(ours.items()) ^ set(theirs.items()))} entries differ); assisted generation here needs the "
             "same tokenizer (universal assisted decoding across tokenizers is not benchmarked)."
         )
-    options = {"dtype": torch.float32}  # attention: transformers' default (sdpa, or eager where sdpa cannot serve)
+    options = {"dtype": dtype}  # attention: transformers' default (sdpa, or eager where sdpa cannot serve)
     loader = AutoSpaceModelForCausalLM if _is_space_folder(folder) else AutoModelForCausalLM
     return loader.from_pretrained(folder, **options).eval()
 

@@ -14,7 +14,7 @@ import logging
 import torch
 import transformers
 
-from ..arguments import int_or_auto, model_location, positive_int
+from ..arguments import add_dtype_argument, int_or_auto, model_location, positive_int
 from ..loading import load_draft_model, load_model
 from ..prompts import SUITES
 from .methods import DEFAULT_METHODS, METHODS, BenchSettings
@@ -50,6 +50,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", default="bench_out", help="Where results.{json,md,png} go.")
     parser.add_argument("--no-progress", action="store_true", help="No progress bar.")
     parser.add_argument("--no-plot", action="store_true", help="Write no results.png (needs no matplotlib).")
+    add_dtype_argument(parser)
     return parser
 
 
@@ -73,11 +74,11 @@ def run(args: argparse.Namespace) -> int:
     if not suites:
         logger.error("No prompt suite is installed; run `bash scripts/install_assets.sh`.")
         return 1
-    model, tokenizer = load_model(args.model, args.num_mask_tokens)
+    model, tokenizer = load_model(args.model, args.num_mask_tokens, getattr(torch, args.dtype))
     draft_model, unsupported = None, {}
     if args.draft_model and "draft" in settings.methods:
         try:
-            draft_model = load_draft_model(args.draft_model, tokenizer)
+            draft_model = load_draft_model(args.draft_model, tokenizer, getattr(torch, args.dtype))
         except (OSError, ValueError) as error:
             unsupported["draft"] = f"{type(error).__name__}: {error}"
     results = run_benchmark(model, tokenizer, suites, settings, draft_model, unsupported)

@@ -12,6 +12,7 @@ from ..modeling import load_space_model
 from .adapter import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
+    CODER_BASE,
     DEFAULT_BASE,
     SHIPPED_ADAPTER,
     load_space_adapter,
@@ -21,8 +22,8 @@ from .adapter import (
 from .publish import add_parser, export, push_to_hub, run
 
 __all__ = [
-    "ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "DEFAULT_BASE", "SHIPPED_ADAPTER", "AutoSpaceModelForCausalLM", "add_parser",
-    "export", "load_space_adapter", "push_to_hub", "run", "save_space_adapter", "shipped_adapter_dir",
+    "ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "CODER_BASE", "DEFAULT_BASE", "SHIPPED_ADAPTER", "AutoSpaceModelForCausalLM",
+    "add_parser", "export", "load_space_adapter", "push_to_hub", "run", "save_space_adapter", "shipped_adapter_dir",
 ]
 
 

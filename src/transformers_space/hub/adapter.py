@@ -18,6 +18,16 @@ ADAPTER_WEIGHTS = "space_adapter.safetensors"
 ADAPTER_CONFIG = "space_adapter_config.json"
 SHIPPED_ADAPTER = "smollm2-135m-space-gated"  # in hub_configs/: the default model's trained adapter
 DEFAULT_BASE = "transformers-space:default"  # the offline SmolLM2-135M-Instruct of `assets.py`
+CODER_BASE = "transformers-space:coder"  # the optional offline Qwen2.5-Coder-0.5B-Instruct of `assets.py`
+
+
+def offline_base_dir(name: str) -> Path | None:
+    """The folder of an offline base model named as DEFAULT_BASE or CODER_BASE (converted on first use); None for
+    any other name."""
+    from .. import assets
+
+    folders = {DEFAULT_BASE: assets.default_model_dir, CODER_BASE: assets.coder_model_dir}
+    return folders[name]() if name in folders else None
 
 
 def shipped_adapter_dir() -> Path:
@@ -32,7 +42,7 @@ def save_space_adapter(
 ) -> Path:
     """Save only what a gated SPACE model adds to its base (adapters and mask embedding): a few MB.
 
-    `base_model` names what to load the adapter onto (a folder, a Hub id, or DEFAULT_BASE); by default
+    `base_model` names what to load the adapter onto (a folder, a Hub id, DEFAULT_BASE or CODER_BASE); by default
     the model's own `name_or_path`. `dtype` (e.g. `torch.bfloat16`) stores the weights smaller; loading casts them
     to the model's dtype. The adapter only acts at mask positions, so its rounding can change drafts, never
     the verified output.
@@ -69,11 +79,7 @@ def load_space_adapter(folder: str | Path, model=None, tokenizer=None, **from_pr
     folder = Path(folder)
     settings = json.loads((folder / ADAPTER_CONFIG).read_text())
     if model is None:
-        base = settings["base_model"]
-        if base == DEFAULT_BASE:
-            from ..assets import default_model_dir
-
-            base = default_model_dir()
+        base = offline_base_dir(settings["base_model"]) or settings["base_model"]
         model = AutoModelForCausalLM.from_pretrained(base, **from_pretrained_kwargs)
         tokenizer = tokenizer or AutoTokenizer.from_pretrained(base)
     saved = SpaceConfig.from_dict(settings["space_config"])

@@ -222,7 +222,9 @@ def add_parser(subparsers):
                         help="For a gated model: write only its adapter (a few MB; `load_space_adapter` puts it back "
                         "onto the base).")
     parser.add_argument("--base-model", help="With --adapter-only: what the adapter loads onto (a folder, a Hub id, "
-                        "or 'transformers-space:default' for the offline default model); required with --adapter-only.")
+                        "'transformers-space:default' for the offline default model, or "
+                        "'transformers-space:coder' for the optional offline Qwen2.5-Coder-0.5B-Instruct); required "
+                        "with --adapter-only.")
     parser.add_argument("--dtype", choices=["bfloat16", "float16", "float32"],
                         help="With --adapter-only: storage dtype of the adapter weights (bfloat16 halves the size).")
     return parser
