@@ -38,6 +38,9 @@ def main() -> None:
                         help="Installed packages whose documented functions join the standard library's.")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--min-answer-tokens", type=int, default=1,
+                        help="Shorter answers are skipped (recorded in OUTPUT.skipped): training needs num_mask_tokens "
+                        "+ 1 answer tokens for a mask block, so give at least that (the recipes give 8).")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0, help="Which prompts of the split are drawn, and their order.")
     parser.add_argument("--answers-from", metavar="STORE",
@@ -51,7 +54,7 @@ def main() -> None:
                         "for training.")
     args = parser.parse_args()
     for name, minimum in (("code", 0), ("chat", 0), ("math", 0), ("max_new_tokens", 1), ("batch_size", 1),
-                          ("threads", 1)):
+                          ("threads", 1), ("min_answer_tokens", 1)):
         if getattr(args, name) < minimum:
             parser.error(f"--{name.replace('_', '-')} must be at least {minimum}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -73,7 +76,7 @@ def main() -> None:
     else:
         model, tokenizer = load_default_model(dtype=dtype)
     written = append_answers(model, tokenizer, prompts, args.output, args.max_new_tokens, args.batch_size,
-                             answer_store=args.answers_from)
+                             answer_store=args.answers_from, min_answer_tokens=args.min_answer_tokens)
     logging.getLogger("make_distill_data").info("wrote %d rows to %s", written, args.output)
 
 

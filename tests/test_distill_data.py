@@ -119,3 +119,18 @@ def test_an_answer_store_rebuilds_the_rows_without_generating(tmp_path, monkeypa
     assert distill.export_answers(later, store, max_new_tokens=5) == 7
     stored = distill.stored_answers(store, max_new_tokens=5)
     assert {distill.prompt_key(p): a for p, a in rows.items()}.items() <= stored.items()
+
+
+def test_answers_shorter_than_asked_are_skipped_not_trained_on(tmp_path):
+    model, tokenizer = tiny_chat_model()  # no eos: every answer is max_new_tokens long
+    prompts = [f"w{i} w{i + 1} w{i + 2}" for i in range(1, 6)]
+    kept = tmp_path / "kept.jsonl"
+    assert append_answers(model, tokenizer, prompts, kept, max_new_tokens=5, min_answer_tokens=5) == 5
+    assert all(len(tokenizer(json.loads(line)["messages"][1]["content"], add_special_tokens=False)["input_ids"]) == 5
+               for line in kept.read_text().splitlines())
+    short = tmp_path / "short.jsonl"
+    assert append_answers(model, tokenizer, prompts, short, max_new_tokens=5, min_answer_tokens=6) == 0
+    assert short.read_text() == ""
+    skipped = {json.loads(line) for line in (tmp_path / "short.jsonl.skipped").read_text().splitlines()}
+    assert skipped == set(prompts)
+    assert append_answers(model, tokenizer, prompts, short, max_new_tokens=5, min_answer_tokens=6) == 0  # resumes

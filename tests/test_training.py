@@ -211,6 +211,30 @@ def test_gated_trains_only_the_adapters(ar_base, tmp_path, start):
     assert "sar_loss" in trainer.state.log_history[0] and "ar_loss" not in trainer.state.log_history[0]
 
 
+def test_gated_adapters_train_in_float32_on_a_bfloat16_base(ar_base, tmp_path):
+    """A bf16 base keeps its bf16 weights (untouched); its adapters train in fp32, where small AdamW steps are not
+    rounded away, and the trained model still decodes losslessly against its bf16 base."""
+    base = copy.deepcopy(ar_base).to(torch.bfloat16)
+    trainer = SpaceTrainer(
+        model=copy.deepcopy(base), args=training_args(tmp_path, 3, logging_steps=1, warmup_steps=0),
+        train_dataset=toy_rows(48, seed=0), space_config=SpaceConfig(num_mask_tokens=K, mode="gated"),
+    )
+    adapters = {name for name, _ in trainer.model.named_parameters() if ".space_" in name}
+    assert adapters and all(
+        (p.dtype == torch.float32) == (name in adapters) for name, p in trainer.model.named_parameters()
+    )
+    before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+    trainer.train()
+    for name, parameter in trainer.model.named_parameters():
+        assert torch.equal(parameter, before[name]) == (name not in adapters), name
+    model = trainer.model.eval()
+    ids = probe_ids()
+    with torch.no_grad():
+        plain = base(ids).logits  # no mask in the input: the bf16 base, exactly (less the appended mask row)
+        assert torch.equal(model(ids).logits[..., : plain.shape[-1]], plain)
+    assert space_vs_plain(model)[0]
+
+
 def test_what_training_adds_is_drawn_from_the_seed(ar_base, tmp_path):
     """The adapters' random initial weights come from `args.seed`, whatever the global RNG held before, as a
     `model_init` model's do: the same command gives the same run. Also when a carried adapter is grown."""

@@ -248,8 +248,12 @@ def answered_prompts(output: Path) -> set[str]:
 
 @torch.inference_mode()
 def append_answers(model, tokenizer, prompts: Sequence[str], output: str | Path, max_new_tokens: int = 128,
-                   batch_size: int = 32, answer_store: str | Path | None = None) -> int:
+                   batch_size: int = 32, answer_store: str | Path | None = None, min_answer_tokens: int = 1) -> int:
     """Append the model's greedy answer to each prompt not yet in `output`; returns how many rows were written.
+
+    Answers of fewer than `min_answer_tokens` tokens ("True", "OKAY") are recorded in `output.skipped` instead:
+    SAR-SFT needs `num_mask_tokens + 1` answer tokens for one mask block and refuses shorter rows, so a recipe sets
+    this to at least that.
 
     Prompts go in batches of similar length (left padding) so little compute is spent on padding. Prompts whose
     answer is in `answer_store` (see `export_answers`; made with the same `max_new_tokens`) are taken from it.
@@ -266,7 +270,7 @@ def append_answers(model, tokenizer, prompts: Sequence[str], output: str | Path,
     with output.open("a", encoding="utf-8") as rows, output.with_name(output.name + ".skipped").open("a") as empty:
 
         def record(prompt: str, reply: str) -> int:
-            if not reply:
+            if not reply or len(tokenizer(reply, add_special_tokens=False)["input_ids"]) < min_answer_tokens:
                 empty.write(json.dumps(prompt) + "\n")
                 return 0
             messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}]

@@ -5,7 +5,9 @@
   embedding row (`trainable_token_indices`); `merge_and_unload()` gives a plain SPACE model back.
 - "gated": SPACE support added with `mode="gated"`: gated adapters installed, the base frozen (also when the
   model already carries them: `from_pretrained` of a saved gated model leaves every weight trainable). A larger
-  `adapter_rank` than the carried adapters' (same alpha / rank) grows them (`grow_gated_adapters`).
+  `adapter_rank` than the carried adapters' (same alpha / rank) grows them (`grow_gated_adapters`). On a bf16 or
+  fp16 base the adapters train in fp32 (as peft's `autocast_adapter_dtype` does): AdamW steps on half-precision
+  weights round away, and the base stays in half precision, where its products are fast (bf16 on AMX).
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ def prepare_model(model, tokenizer, space_config: SpaceConfig):
         model.requires_grad_(False)
         for parameter in gated_parameters(model):
             parameter.requires_grad_(True)
+            if parameter.dtype in (torch.bfloat16, torch.float16):
+                parameter.data = parameter.data.float()
     return model, resolved
 
 
