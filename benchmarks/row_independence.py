@@ -25,12 +25,15 @@ import torch.nn.functional as F
 from transformers import AutoConfig
 
 
+def head_size(config) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
 def linear_shapes(config) -> list[tuple[int, int]]:
     """(out, in) of a decoder layer's projections and of the LM head, for Llama-like configs."""
     hidden, inner = config.hidden_size, config.intermediate_size
-    head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
-    kv = config.num_key_value_heads * head_dim
-    return [(config.num_attention_heads * head_dim, hidden), (kv, hidden), (hidden, inner), (inner, hidden),
+    kv = config.num_key_value_heads * head_size(config)
+    return [(config.num_attention_heads * head_size(config), hidden), (kv, hidden), (hidden, inner), (inner, hidden),
             (config.vocab_size, hidden)]
 
 
@@ -44,8 +47,7 @@ def rows_differing(out_features: int, in_features: int, dtype: torch.dtype, max_
 
 def attention_elements_differing(config, dtype: torch.dtype, rows: int, verifying: int, prefix: int) -> list[int]:
     """Per verifying row: elements of its SDPA output that differ between the pass's masked call and its own call."""
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    heads = config.num_attention_heads
+    head_dim, heads = head_size(config), config.num_attention_heads
     q = torch.randn(1, heads, rows, head_dim).to(dtype)
     k = torch.randn(1, heads, prefix + rows, head_dim).to(dtype)
     v = torch.randn(1, heads, prefix + rows, head_dim).to(dtype)
@@ -80,8 +82,7 @@ def main() -> None:
             print(f"{name:9s} linear {out_features}x{in_features}: rows differ from 1-row products {first}")
         counts = attention_elements_differing(config, dtype, args.pass_rows, args.verifying_rows, args.prefix)
         print(f"{name:9s} attention, a pass of {args.pass_rows} rows vs each verifying row alone: elements differing "
-              f"per row "
-              f"{counts} (of {config.num_attention_heads * (config.hidden_size // config.num_attention_heads)})")
+              f"per row {counts} (of {config.num_attention_heads * head_size(config)})")
 
 
 if __name__ == "__main__":
