@@ -121,6 +121,27 @@ def test_an_answer_store_rebuilds_the_rows_without_generating(tmp_path, monkeypa
     assert {distill.prompt_key(p): a for p, a in rows.items()}.items() <= stored.items()
 
 
+def test_rows_taken_from_a_store_are_written_in_the_order_generation_wrote_them(tmp_path):
+    model, tokenizer = tiny_chat_model()
+    prompts = [" ".join(f"w{i + j}" for j in range(i % 4 + 1)) for i in range(1, 13)]  # 1-4 words: batched by length
+    generated = tmp_path / "generated.jsonl"
+    append_answers(model, tokenizer, prompts, generated, max_new_tokens=4, batch_size=2)
+    order = [json.loads(line)["messages"][0]["content"] for line in generated.read_text().splitlines()]
+    assert [len(p) for p in order] != sorted(len(p) for p in order)  # shuffled batches: not simply by length
+    whole, half = tmp_path / "whole.jsonl.gz", tmp_path / "half.jsonl.gz"
+    distill.export_answers(generated, whole, max_new_tokens=4)
+    rebuilt = tmp_path / "rebuilt.jsonl"
+    append_answers(model, tokenizer, prompts, rebuilt, max_new_tokens=4, batch_size=2, answer_store=whole)
+    assert rebuilt.read_text() == generated.read_text()  # the same rows in the same order: the same training batches
+
+    some = tmp_path / "some.jsonl"  # a store holding every other answer: the rest are generated in their places
+    some.write_text("".join(line + "\n" for line in generated.read_text().splitlines()[::2]))
+    distill.export_answers(some, half, max_new_tokens=4)
+    mixed = tmp_path / "mixed.jsonl"
+    append_answers(model, tokenizer, prompts, mixed, max_new_tokens=4, batch_size=2, answer_store=half)
+    assert [json.loads(line)["messages"][0]["content"] for line in mixed.read_text().splitlines()] == order
+
+
 def test_answers_shorter_than_asked_are_skipped_not_trained_on(tmp_path):
     model, tokenizer = tiny_chat_model()  # no eos: every answer is max_new_tokens long
     prompts = [f"w{i} w{i + 1} w{i + 2}" for i in range(1, 6)]

@@ -278,20 +278,24 @@ def append_answers(model, tokenizer, prompts: Sequence[str], output: str | Path,
             return 1
 
         keys = {prompt: prompt_key(prompt) for prompt in todo}
-        reused = [prompt for prompt in todo if keys[prompt] in stored]
-        for prompt in reused:
-            written += record(prompt, stored[keys[prompt]])
+        reused = sum(keys[prompt] in stored for prompt in todo)
         if reused:
-            logger.info("%d answers taken from %s", len(reused), answer_store)
-        todo = [prompt for prompt in todo if keys[prompt] not in stored]
+            logger.info("%d answers taken from %s", reused, answer_store)
         batches = [todo[start : start + batch_size] for start in range(0, len(todo), batch_size)]
         random.Random(0).shuffle(batches)  # a stopped run leaves a mix of lengths and sources, not the short ones
+        # Stored answers go into the batch order too: rebuilt from a store, the file holds an uninterrupted
+        # generation's rows in its order, and training draws its batches from the rows' order.
         for batch in tqdm(batches, desc="self-distillation", unit="batch"):
-            inputs = encode_prompts(tokenizer, list(batch))
-            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id)
-            for prompt, ids in zip(batch, out[:, inputs["input_ids"].shape[1] :], strict=True):
-                written += record(prompt, tokenizer.decode(ids, skip_special_tokens=True).strip())
+            replies = {prompt: stored[keys[prompt]] for prompt in batch if keys[prompt] in stored}
+            fresh = [prompt for prompt in batch if prompt not in replies]
+            if fresh:
+                inputs = encode_prompts(tokenizer, fresh)
+                out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                     pad_token_id=tokenizer.pad_token_id)
+                for prompt, ids in zip(fresh, out[:, inputs["input_ids"].shape[1] :], strict=True):
+                    replies[prompt] = tokenizer.decode(ids, skip_special_tokens=True).strip()
+            for prompt in batch:
+                written += record(prompt, replies[prompt])
             rows.flush()
             empty.flush()
     return written
