@@ -7,7 +7,8 @@ checks the two operations whose results could depend on the number of rows, on r
 shapes (its config only):
 
 - each distinct `nn.Linear` shape: the row counts n (2..MAX) for which some row of an n-row product differs
-  from the 1-row product of the same input (`F.linear`, as plain decoding runs it);
+  from the 1-row product of the same input (`F.linear`, as plain decoding runs it), for the n-row product taken
+  by `F.linear` and by the weights-first kernel SPACE's passes may run under (`kernels.weights_first_linear`);
 - attention: SDPA over a cache of PREFIX keys with a pass of PASS query rows under a causal float mask (how SPACE
   feeds a pass: its first rows verify, mask rows follow), against each verifying row alone over the keys it sees
   (how plain decoding runs it).
@@ -24,6 +25,10 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoConfig
 
+from transformers_space.decoding.kernels import weights_first_linear
+
+PRODUCTS = {"F.linear": F.linear, "weights-first": weights_first_linear}
+
 
 def head_size(config) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
@@ -37,12 +42,14 @@ def linear_shapes(config) -> list[tuple[int, int]]:
             (config.vocab_size, hidden)]
 
 
-def rows_differing(out_features: int, in_features: int, dtype: torch.dtype, max_rows: int) -> list[int]:
-    """Row counts n whose n-row `F.linear` differs somewhere from the same rows computed one at a time."""
+def rows_differing(
+    out_features: int, in_features: int, dtype: torch.dtype, max_rows: int, product=F.linear
+) -> list[int]:
+    """Row counts n whose n-row `product` differs somewhere from the same rows computed one at a time by `F.linear`."""
     weight = (torch.randn(out_features, in_features) / in_features**0.5).to(dtype)
     x = torch.randn(max_rows, in_features).to(dtype)
     one_at_a_time = torch.cat([F.linear(x[j:j + 1], weight) for j in range(max_rows)])
-    return [n for n in range(2, max_rows + 1) if not torch.equal(F.linear(x[:n], weight), one_at_a_time[:n])]
+    return [n for n in range(2, max_rows + 1) if not torch.equal(product(x[:n], weight), one_at_a_time[:n])]
 
 
 def attention_elements_differing(config, dtype: torch.dtype, rows: int, verifying: int, prefix: int) -> list[int]:
@@ -76,10 +83,12 @@ def main() -> None:
     for name in args.dtypes:
         dtype = getattr(torch, name)
         for out_features, in_features in sorted(set(linear_shapes(config))):
-            differing = rows_differing(out_features, in_features, dtype, args.max_rows)
-            first = f"from {differing[0]} rows on ({len(differing)} of {args.max_rows - 1} counts)" if differing \
-                else "never"
-            print(f"{name:9s} linear {out_features}x{in_features}: rows differ from 1-row products {first}")
+            for label, product in PRODUCTS.items():
+                differing = rows_differing(out_features, in_features, dtype, args.max_rows, product)
+                first = f"from {differing[0]} rows on ({len(differing)} of {args.max_rows - 1} counts)" if differing \
+                    else "never"
+                print(f"{name:9s} linear {out_features}x{in_features}, {label}: rows differ from 1-row F.linear "
+                      f"{first}")
         counts = attention_elements_differing(config, dtype, args.pass_rows, args.verifying_rows, args.prefix)
         print(f"{name:9s} attention, a pass of {args.pass_rows} rows vs each verifying row alone: elements differing "
               f"per row {counts} (of {config.num_attention_heads * head_size(config)})")

@@ -1,0 +1,68 @@
+"""How stable `num_mask_tokens="auto"` is: its pass-cost measurement repeated, and the plans each draw ranks first.
+
+`auto` measures the cost of a pass against its token count once per model object (`autotune.measure_pass_costs`,
+a grid of counts, interpolated between) and picks the plan with the highest expected speed-up from those costs and
+the model's calibrated acceptance rates (`planning.choose_plan`). When two plans are expected within a few percent
+of each other, a draw of the costs decides between them; this shows, per draw and per registered kernel set, the
+pass cost at the sizes the leading plans feed and the expected speed-up of each, so that a choice can be checked
+against what `bench` then measures.
+
+    python benchmarks/plan_choice.py --adapter data/qwen/adapter2 --dtype bfloat16 --draws 3
+
+Run it alone on the machine: the costs are CPU timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+
+import torch
+
+from transformers_space.bench.runner import machine_info
+from transformers_space.decoding.autotune import MEASURED_TOKEN_COUNTS, cost_function, measure_pass_costs
+from transformers_space.decoding.configuration import SpaceConfig
+from transformers_space.decoding.kernels import PASS_KERNELS, PassKernels
+from transformers_space.decoding.planning import SpaceLayoutPlan, expected_rates, expected_speedup
+from transformers_space.hub import load_space_adapter
+
+
+def ranked_plans(num_masks: int, rates: list[float], cost) -> list[tuple[float, SpaceLayoutPlan]]:
+    """Every drafting plan `planning.choose_plan` considers, by expected speed-up over a 1-token pass of `cost`."""
+    plans = [SpaceLayoutPlan(k, (0, *extra)) for k in range(1, num_masks + 1) for size in range(k + 1)
+             for extra in itertools.combinations(range(1, k + 1), size)]
+    return sorted(((expected_speedup(plan, rates, cost), plan) for plan in plans), key=lambda item: -item[0])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--adapter", required=True, help="A SPACE adapter folder (`export --adapter-only`).")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--draws", type=int, default=3, help="Independent cost measurements, as `auto` makes one.")
+    parser.add_argument("--top", type=int, default=4, help="Plans shown per draw.")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    model, _ = load_space_adapter(args.adapter, dtype=getattr(torch, args.dtype))
+    space_config = SpaceConfig.of(model)
+    rates = space_config.acceptance_rates
+    if not rates:
+        raise SystemExit(f"{args.adapter} has no calibrated acceptance rates (examples/calibrate_acceptance.py).")
+    machine = machine_info(args.threads)
+    print(f"{machine['cpu']}, torch {machine['torch']}, transformers {machine['transformers']}, "
+          f"{args.threads} threads, {args.dtype}; rates {[round(rate, 3) for rate in rates]}")
+    for draw in range(1, args.draws + 1):
+        draws = {name: measure_pass_costs(model, kernels=kernels) for name, kernels in PASS_KERNELS.items()}
+        plain_cost = draws[PassKernels.name][1]  # as `auto_plan`: plain decoding runs transformers' own modules
+        for name, costs in draws.items():
+            cost = cost_function(costs)
+            relative = " ".join(f"{count}:{costs[count] / costs[1]:.2f}" for count in MEASURED_TOKEN_COUNTS)
+            print(f"draw {draw}, {name}: pass cost / 1-token pass {relative} (1 token: {costs[1] * 1e3:.1f} ms)")
+            for speedup, plan in ranked_plans(space_config.num_mask_tokens, rates, cost)[: args.top]:
+                emitted, fed = expected_rates(plan, rates)
+                print(f"    {plan.num_masks} masks, groups {list(plan.groups)}: {emitted:.2f} tokens/pass, "
+                      f"{fed:.1f} tokens fed, expected {speedup * plain_cost / costs[1]:.2f}x plain")
+
+
+if __name__ == "__main__":
+    main()
