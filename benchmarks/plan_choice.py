@@ -7,7 +7,7 @@ of each other, a draw of the costs decides between them; this shows, per draw an
 pass cost at the sizes the leading plans feed and the expected speed-up of each, so that a choice can be checked
 against what `bench` then measures.
 
-    python benchmarks/plan_choice.py --adapter data/qwen/adapter2 --dtype bfloat16 --draws 3
+    python benchmarks/plan_choice.py --adapter hub_configs/qwen2.5-coder-0.5b-space-gated --dtype bfloat16 --draws 3
 
 Run it alone on the machine: the costs are CPU timings.
 """

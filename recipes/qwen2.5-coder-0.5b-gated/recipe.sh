@@ -63,5 +63,5 @@ train "$DATA/stage2" "$DATA/stage3" "$STEPS3" 4e-4 2 10
 transformers-space export --model "$DATA/stage3" --output-dir "$ADAPTER" --adapter-only \
   --base-model transformers-space:coder --dtype bfloat16
 python examples/calibrate_acceptance.py --adapter "$ADAPTER" --dtype bfloat16 --code 8 --chat 8 --packages $PACKAGES
-python examples/heldout_acceptance.py --models "$DATA/stage1" "$DATA/stage2" "$DATA/stage3" --dtype bfloat16 --code 16 --chat 16 \
-  --max-new-tokens 96 --packages $PACKAGES --output "$DATA/heldout-acceptance"
+python examples/heldout_acceptance.py --models "$DATA/stage1" "$DATA/stage2" "$DATA/stage3" --dtype bfloat16 \
+  --code 16 --chat 16 --max-new-tokens 96 --packages $PACKAGES --output "$DATA/heldout-acceptance"
