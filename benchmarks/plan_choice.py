@@ -15,7 +15,6 @@ Run it alone on the machine: the costs are CPU timings.
 from __future__ import annotations
 
 import argparse
-import itertools
 
 import torch
 
@@ -23,15 +22,14 @@ from transformers_space.bench.runner import machine_info
 from transformers_space.decoding.autotune import MEASURED_TOKEN_COUNTS, cost_function, measure_pass_costs
 from transformers_space.decoding.configuration import SpaceConfig
 from transformers_space.decoding.kernels import PASS_KERNELS, PassKernels
-from transformers_space.decoding.planning import SpaceLayoutPlan, expected_rates, expected_speedup
+from transformers_space.decoding.planning import SpaceLayoutPlan, drafting_plans, expected_rates, expected_speedup
 from transformers_space.hub import load_space_adapter
 
 
 def ranked_plans(num_masks: int, rates: list[float], cost) -> list[tuple[float, SpaceLayoutPlan]]:
-    """Every drafting plan `planning.choose_plan` considers, by expected speed-up over a 1-token pass of `cost`."""
-    plans = [SpaceLayoutPlan(k, (0, *extra)) for k in range(1, num_masks + 1) for size in range(k + 1)
-             for extra in itertools.combinations(range(1, k + 1), size)]
-    return sorted(((expected_speedup(plan, rates, cost), plan) for plan in plans), key=lambda item: -item[0])
+    """The drafting plans `planning.choose_plan` weighs, by expected speed-up over a 1-token pass of `cost`."""
+    scored = ((expected_speedup(plan, rates, cost), plan) for plan in drafting_plans(num_masks))
+    return sorted(scored, key=lambda item: -item[0])
 
 
 def main() -> None:

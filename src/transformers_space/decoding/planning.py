@@ -16,7 +16,7 @@ Imports only the standard library and torch-free code (it ships as remote code).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 
@@ -106,17 +106,22 @@ def expected_speedup(plan: SpaceLayoutPlan, alphas: Sequence[float], cost: Calla
     return _mean(stationary, emitted) / _mean(stationary, [cost(tokens) for tokens in fed]) * cost(1)
 
 
-def choose_plan(max_masks: int, alphas: Sequence[float], cost: Callable[[int], float]) -> SpaceLayoutPlan:
-    """The plan with the highest expected speedup: every mask count up to `max_masks`, every group subset, and
-    no drafting at all (where every layout costs more than it gains, as an untrained adapter on a CPU)."""
-    best, best_speedup = SpaceLayoutPlan(0, ()), 1.0
+def drafting_plans(max_masks: int) -> Iterator[SpaceLayoutPlan]:
+    """Every plan that drafts: each mask count up to `max_masks` with each subset of groups (group 0 always)."""
     for num_masks in range(1, max_masks + 1):
         for size in range(num_masks + 1):
             for extra in itertools.combinations(range(1, num_masks + 1), size):
-                plan = SpaceLayoutPlan(num_masks, (0, *extra))
-                speedup = expected_speedup(plan, alphas, cost)
-                if speedup > best_speedup + 1e-12:
-                    best, best_speedup = plan, speedup
+                yield SpaceLayoutPlan(num_masks, (0, *extra))
+
+
+def choose_plan(max_masks: int, alphas: Sequence[float], cost: Callable[[int], float]) -> SpaceLayoutPlan:
+    """The plan with the highest expected speedup: every drafting plan, and no drafting at all (where every layout
+    costs more than it gains, as an untrained adapter on a CPU)."""
+    best, best_speedup = SpaceLayoutPlan(0, ()), 1.0
+    for plan in drafting_plans(max_masks):
+        speedup = expected_speedup(plan, alphas, cost)
+        if speedup > best_speedup + 1e-12:
+            best, best_speedup = plan, speedup
     return best
 
 
