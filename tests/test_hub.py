@@ -78,10 +78,13 @@ def space_models():
     add_space_support(gated, num_mask_tokens=2, mode="gated")
     randomise_gated_adapters(gated, 2)
     gpt2 = tiny_model("gpt2", seed=3, num_mask_tokens=4, drafty=True)
-    return {"plain-llama": plain, "gated-qwen2": gated, "gpt2": gpt2}
+    headed = tiny_model("qwen2", seed=4, num_mask_tokens=3, drafty=True)
+    add_space_support(headed, num_mask_tokens=3, mode="gated", draft_head_width=16)  # random adapter and head
+    randomise_gated_adapters(headed, 4)
+    return {"plain-llama": plain, "gated-qwen2": gated, "gpt2": gpt2, "gated-head-qwen2": headed}
 
 
-@pytest.mark.parametrize("kind", ["plain-llama", "gated-qwen2", "gpt2"])
+@pytest.mark.parametrize("kind", ["plain-llama", "gated-qwen2", "gpt2", "gated-head-qwen2"])
 def test_remote_code_load_without_the_package_matches(kind, tmp_path):
     model = space_models()[kind]
     folder = tmp_path / "repo"

@@ -21,6 +21,7 @@ Where a change goes (each is one module):
 | `planning.py` | pure: which layout (masks, groups) pays on this machine |
 | `autotune.py` | measures a machine and a model for `planning.py` |
 | `gated.py` | adapters active only at mask positions (the base model stays exact) |
+| `draft_head.py` | optional: each mask's draft conditioned on the token before it |
 | `modeling_space.py` | the `Space<Class>` model classes that `from_pretrained` finds |
 | `remote_code.py` | what `save_pretrained` writes beyond transformers' files |
 | `compat.py` | every difference between the supported transformers releases |

@@ -5,6 +5,9 @@ The mask group that followed exactly the accepted text leaves its logits here af
 or by sampling, and also returns the processed draft scores: the distribution q each candidate was drawn
 from, which distribution-preserving verification needs. The decoding loop drafts only through this class.
 
+With a draft head (`draft_head.py`), mask j's logits come from the head, given its hidden state and the token
+before it: the token the pass emitted for mask 0, then each draft as it is made.
+
 Imports only torch, transformers and sibling modules (it ships as remote code).
 """
 
@@ -22,16 +25,26 @@ class SpaceCandidateGenerator(CandidateGenerator):
         num_mask_tokens: int,
         logits_processor: LogitsProcessorList | None = None,
         do_sample: bool = False,
+        draft_head=None,
     ):
+        """`draft_head`: None, or `(hidden, before_ids, mask_logits) -> logits` (a `draft_head.RestrictedDrafting`)."""
         self.mask_token_id = mask_token_id
         self.num_mask_tokens = num_mask_tokens
         self.logits_processor = logits_processor if logits_processor is not None else LogitsProcessorList()
         self.do_sample = do_sample
+        self.draft_head = draft_head
         self.draft_logits: torch.Tensor | None = None
+        self.draft_hidden: torch.Tensor | None = None
+        self.first_before: torch.Tensor | None = None
 
-    def set_draft_logits(self, draft_logits: torch.Tensor) -> None:
-        """Logits [batch, num_mask_tokens, vocab] of the mask group that saw exactly the accepted text."""
-        self.draft_logits = draft_logits
+    def set_draft_logits(self, draft_logits: torch.Tensor, hidden: torch.Tensor | None = None,
+                         first_before: torch.Tensor | None = None) -> None:
+        """Logits [batch, num_mask_tokens, vocab] of the mask group that saw exactly the accepted text; for a draft
+        head also their last hidden states [batch, num_mask_tokens, hidden] and the token before the first
+        mask's target [batch] (the token the pass emitted last)."""
+        if self.draft_head is not None and (hidden is None or first_before is None):
+            raise ValueError("A draft head needs the masks' hidden states and the token before the first mask.")
+        self.draft_logits, self.draft_hidden, self.first_before = draft_logits, hidden, first_before
 
     def get_candidates(self, input_ids: torch.LongTensor, **kwargs) -> tuple[torch.LongTensor, torch.Tensor | None]:
         """Append the drafts to `input_ids`; also return the processed draft scores [batch, k, vocab]."""
@@ -39,15 +52,20 @@ class SpaceCandidateGenerator(CandidateGenerator):
             self.draft_logits = None
             return input_ids, None
         sequence, drafted_scores = input_ids, []
+        before = self.first_before
         for position in range(self.draft_logits.shape[1]):
-            scores = self.draft_logits[:, position].float().clone()
+            if self.draft_head is None:
+                scores = self.draft_logits[:, position].float().clone()
+            else:
+                scores = self.draft_head(self.draft_hidden[:, position], before, self.draft_logits[:, position])
             if len(self.logits_processor):
                 scores = self.logits_processor(sequence, scores)
             scores[:, self.mask_token_id] = float("-inf")
             token = torch.multinomial(scores.softmax(-1), 1) if self.do_sample else scores.argmax(-1, keepdim=True)
             sequence = torch.cat([sequence, token.to(sequence.dtype)], dim=1)
             drafted_scores.append(scores)
-        self.draft_logits = None
+            before = token.squeeze(1)
+        self.draft_logits = self.draft_hidden = self.first_before = None
         return sequence, torch.stack(drafted_scores, dim=1)
 
     def update_candidate_strategy(self, input_ids: torch.LongTensor, scores: torch.Tensor, num_matches) -> None:

@@ -109,6 +109,14 @@ class SpaceConfig:
             "both ended within noise of each other."
         },
     )
+    draft_head_width: int = field(
+        default=0,
+        metadata={
+            "help": "'gated' mode only: width of a draft head that conditions each mask's draft on the token before "
+            "it (the one the pass emitted, then the previous draft), trained on top of a trained adapter with the "
+            "adapter frozen (draft_head.py). 0: no head, each mask drafts from its own logits alone."
+        },
+    )
     acceptance_rates: list[float] | None = field(
         default=None,
         init=False,  # measured (set by `from_dict` or `calibrate_acceptance`), never a training option
@@ -156,6 +164,12 @@ class SpaceConfig:
                 f"per_position_mask_embeddings=True needs mode='gated' (its embeddings live in the gated adapter); "
                 f"mode={self.mode!r} learns one mask token row of the embedding matrix. Use mode='gated' or leave "
                 "it False."
+            )
+        _check_int(self, "draft_head_width", minimum=0)
+        if self.draft_head_width and self.mode != "gated":
+            raise ValueError(
+                f"draft_head_width={self.draft_head_width} needs mode='gated' (the head is trained on top of a trained "
+                f"gated adapter); mode={self.mode!r} has none. Use mode='gated' or draft_head_width=0."
             )
         if self.mode == "gated" and self.mask_loss_weight == 0:
             raise ValueError("`mask_loss_weight` should be positive in 'gated' mode (only masks carry loss), got 0.")

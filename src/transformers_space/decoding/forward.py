@@ -73,15 +73,22 @@ def lm_head_of(model) -> Callable[[torch.Tensor], torch.Tensor]:
     supported family, that this equals `model(...).logits` exactly.
     """
     head = model.get_output_embeddings()
-    config = model.config.get_text_config()
+    transform = logit_transform(model.config)
+    if transform is None:
+        return head
+    return lambda hidden: transform(head(hidden))
+
+
+def logit_transform(config) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """What the family's causal-LM forward does to the LM head's output (see `lm_head_of`); None: nothing."""
+    config = config.get_text_config()
     softcap = getattr(config, "final_logit_softcapping", None)
     divisor = getattr(config, "logits_scaling", None)
     multiplier = getattr(config, "logit_scale", None)
     if not softcap and divisor is None and multiplier is None:
-        return head
+        return None
 
-    def logits(hidden: torch.Tensor) -> torch.Tensor:
-        out = head(hidden)
+    def transform(out: torch.Tensor) -> torch.Tensor:
         if softcap:
             out = torch.tanh(out / softcap) * softcap
         if divisor is not None:
@@ -90,7 +97,7 @@ def lm_head_of(model) -> Callable[[torch.Tensor], torch.Tensor]:
             out = out * multiplier
         return out
 
-    return logits
+    return transform
 
 
 class PassLogits:
@@ -125,5 +132,8 @@ class PassLogits:
         if self.merged:
             columns = self.column[rows]
             return self.logits.gather(1, columns[..., None].expand(-1, -1, self.logits.shape[-1]))
-        group_hidden = self.hidden.gather(1, rows[..., None].expand(-1, -1, self.hidden.shape[-1]))
-        return self.head(group_hidden).float()
+        return self.head(self.hidden_at(rows)).float()
+
+    def hidden_at(self, rows: torch.Tensor) -> torch.Tensor:
+        """[batch, n, hidden] last hidden states of the rows [batch, n] (a draft head reads them)."""
+        return self.hidden.gather(1, rows[..., None].expand(-1, -1, self.hidden.shape[-1]))

@@ -72,6 +72,7 @@ from transformers.pytorch_utils import Conv1D
 
 from .architectures import SUPPORTED_MODEL_TYPES, arch_spec
 from .configuration import SpaceConfig
+from .draft_head import draft_head_of, install_draft_head
 
 # Sibling layers that are called with the same input tensor; checked by identity at run time, so a model that
 # does otherwise is still right, only slower.
@@ -436,6 +437,7 @@ def install_gated_adapters(model, space_config: SpaceConfig | dict):
                 f"This model already carries gated SPACE adapters with settings {installed}, not {settings}. "
                 "Remove them first with `remove_gated_adapters(model)`."
             )
+        _install_draft_head(model, space_config)
         return model
 
     targets = _target_layers(model, settings["target_modules"])
@@ -459,7 +461,17 @@ def install_gated_adapters(model, space_config: SpaceConfig | dict):
     for module in model.modules():  # new modules start in train mode; follow the model's (eval: the fast path)
         if isinstance(module, (GatedLoraAdapter, GatedMaskEmbedding)):
             module.train(model.training)
+    _install_draft_head(model, space_config)
     return model
+
+
+def _install_draft_head(model, space_config: SpaceConfig) -> None:
+    """The draft head the settings ask for (`draft_head.py`), added to a model whose adapters may be trained
+    already; it stays frozen here, as everything installed (`SpaceTrainer` chooses what trains)."""
+    if space_config.draft_head_width:
+        install_draft_head(model, space_config.draft_head_width).requires_grad_(False)
+    elif draft_head_of(model) is not None:
+        raise ValueError("This model carries a draft head; its SPACE settings should keep `draft_head_width`.")
 
 
 def gated_parameters(model) -> list[nn.Parameter]:
@@ -489,11 +501,14 @@ def remove_gated_adapters(model):
         if isinstance(getattr(module, "space_adapter", None), GatedLoraAdapter):
             del module.space_adapter
     del embedding.space_mask
+    if draft_head_of(model) is not None:
+        del model.get_output_embeddings().space_draft_head
     if SpaceConfig.is_set(model):
         space_config = SpaceConfig.of(model)
         if space_config.mode == "gated":
             space_config.mode = "full"
             space_config.per_position_mask_embeddings = False
+            space_config.draft_head_width = 0
             space_config.save_to(model)
     return model
 

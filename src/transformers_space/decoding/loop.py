@@ -38,7 +38,8 @@ from transformers.generation.utils import GenerateDecoderOnlyOutput
 from .candidates import SpaceCandidateGenerator
 from .compat import crop_cache, new_cache, output_cache_field, user_cache_from_kwargs
 from .configuration import SpaceConfig
-from .forward import PassLogits, forward_block, lm_head_of, without_autograd
+from .draft_head import RestrictedDrafting, draft_head_of
+from .forward import PassLogits, forward_block, lm_head_of, logit_transform, without_autograd
 from .gated import masks_per_group
 from .kernels import kernels_named
 from .layout import INVALID, PassLayout, build_pass_layout, cache_positions_after_pass, draft_rows, prompt_positions
@@ -89,7 +90,10 @@ def space_decoding(
           masks_per_group(model, plan.num_masks)):
         state = DecodingState.start(model, input_ids, model_kwargs, generation_config, logits_processor)
         sampling = bool(generation_config.do_sample)
-        drafter = SpaceCandidateGenerator(mask_token_id, plan.num_masks, logits_processor, sampling)
+        draft_head = draft_head_of(model)
+        if draft_head is not None:
+            draft_head = RestrictedDrafting(model, draft_head, logit_transform(model.config))
+        drafter = SpaceCandidateGenerator(mask_token_id, plan.num_masks, logits_processor, sampling, draft_head)
         head = lm_head_of(model)
         position_limit = getattr(model.config, "n_positions", None)
         while True:
@@ -115,7 +119,10 @@ def space_decoding(
                 break
             rows = draft_rows(layout, group_after, accepted, active)
             with kernels.around_pass(model):
-                drafter.set_draft_logits(logits.drafts(rows))
+                if draft_head is None:
+                    drafter.set_draft_logits(logits.drafts(rows))
+                else:
+                    drafter.set_draft_logits(logits.drafts(rows), logits.hidden_at(rows), next_token)
             drafts, draft_scores = drafter.get_candidates(state.rows.verified(state.sequences)[0])
             candidates = drafts[:, drafts.shape[1] - rows.shape[1] :]
             state.advance(layout, accepted, next_token, candidates, draft_scores, generation_config)

@@ -21,9 +21,9 @@ from .configuration import SpaceConfig
 HERE = Path(__file__).parent
 # The decoding core: what `custom_generate/generate.py` imports, directly or not.
 CORE_MODULES = (
-    "architectures.py", "autotune.py", "candidates.py", "compat.py", "configuration.py", "forward.py", "gated.py",
-    "generation.py", "kernels.py", "layout.py", "loop.py", "modeling_space.py", "planning.py", "remote_code.py",
-    "verify.py",
+    "architectures.py", "autotune.py", "candidates.py", "compat.py", "configuration.py", "draft_head.py",
+    "forward.py", "gated.py", "generation.py", "kernels.py", "layout.py", "loop.py", "modeling_space.py",
+    "planning.py", "remote_code.py", "verify.py",
 )
 
 CUSTOM_GENERATE = '''"""SPACE decoding through transformers' `custom_generate` (written by transformers-space).

@@ -7,7 +7,9 @@
   model already carries them: `from_pretrained` of a saved gated model leaves every weight trainable). A larger
   `adapter_rank` than the carried adapters' (same alpha / rank) grows them (`grow_gated_adapters`). On a bf16 or
   fp16 base the adapters train in fp32 (as peft's `autocast_adapter_dtype` does): AdamW steps on half-precision
-  weights round away, and the base stays in half precision, where its products are fast (bf16 on AMX).
+  weights round away, and the base stays in half precision, where its products are fast (bf16 on AMX). With
+  `draft_head_width` only the draft head trains: it is trained on top of a trained adapter, which stays as it is
+  (`draft_head.py`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 from transformers import PreTrainedModel
 
 from ..decoding.configuration import SpaceConfig
+from ..decoding.draft_head import draft_head_of
 from ..decoding.gated import GatedLoraAdapter, default_target_modules, gated_parameters, has_gated_adapters
 from ..modeling import add_space_support
 
@@ -48,7 +51,8 @@ def prepare_model(model, tokenizer, space_config: SpaceConfig):
         model = apply_lora(model, resolved)
     else:
         model.requires_grad_(False)
-        for parameter in gated_parameters(model):
+        head = draft_head_of(model)
+        for parameter in gated_parameters(model) if head is None else head.parameters():
             parameter.requires_grad_(True)
             if parameter.dtype in (torch.bfloat16, torch.float16):
                 parameter.data = parameter.data.float()

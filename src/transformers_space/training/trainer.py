@@ -29,6 +29,7 @@ on self-distilled rows that is the acceptance rate greedy SPACE will see. Evalua
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import defaultdict
 from dataclasses import replace
@@ -36,10 +37,13 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainingArguments
+from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.trainer_utils import enable_full_determinism, get_last_checkpoint, set_seed
 
 from ..decoding.compat import cache_argument_name, new_cache
 from ..decoding.configuration import SpaceConfig
+from ..decoding.draft_head import DraftHead, conditioned_logits, draft_head_of
+from ..decoding.forward import logit_transform
 from ..decoding.gated import GatedLoraAdapter, GatedMaskEmbedding
 from ..decoding.planning import greedy_chain_accepted
 from .collator import IGNORE, SpaceDataCollator, valid_block_starts
@@ -102,6 +106,12 @@ class SpaceTrainer(Trainer):
             processing_class=processing_class,
             **kwargs,
         )
+        if self.space_config.draft_head_width and (self.is_fsdp_enabled or is_deepspeed_zero3_enabled()):
+            raise ValueError(
+                "Training a draft head (draft_head_width > 0) under FSDP or DeepSpeed ZeRO-3 is not supported: the head "
+                "reads the LM head's weight outside the model's forward, where these engines keep it sharded. Use DDP "
+                "or ZeRO-2 (only the small head trains; the frozen model fits where inference fits)."
+            )
         # compute_loss divides by num_items_in_batch itself (counted by _get_num_items_in_batch below), so the
         # Trainer must neither divide again by the accumulation steps nor count the labels its own way.
         self.model_accepts_loss_kwargs = True
@@ -225,16 +235,26 @@ class SpaceTrainer(Trainer):
             if wants_teacher:
                 kept = torch.searchsorted(columns, targets_at)
                 teacher = prefix.logits.gather(1, kept[..., None].expand(-1, -1, prefix.logits.shape[-1]))
-        outputs = model(
-            input_ids=inputs["mask_input_ids"],
-            attention_mask=inputs["mask_attention_mask"].to(self._mask_dtype(model)),
-            position_ids=inputs["mask_position_ids"],
-            use_cache=True,
-            **{cache_argument_name(type(unwrapped).forward): cache},
-        )
+        head = draft_head_of(unwrapped)
+        with _last_head_input(unwrapped) as head_input:
+            outputs = model(
+                input_ids=inputs["mask_input_ids"],
+                attention_mask=inputs["mask_attention_mask"].to(self._mask_dtype(model)),
+                position_ids=inputs["mask_position_ids"],
+                use_cache=True,
+                **{cache_argument_name(type(unwrapped).forward): cache},
+            )
         _restore_training(unwrapped, base_training)
         is_mask = inputs["mask_input_ids"] == self.space_config.mask_token_id
-        return outputs.logits, inputs["labels"], is_mask, teacher, outputs
+        logits = outputs.logits
+        if head is not None:  # each mask's logits from the draft head, given the data's token before its target
+            where = torch.nonzero(is_mask, as_tuple=True)
+            last_column = inputs["input_ids"].shape[1] - 1  # the prefix covers every target (real tokens: column ==
+            before = inputs["input_ids"].gather(1, inputs["mask_position_ids"].clamp(max=last_column))  # position)
+            drafted = conditioned_logits(unwrapped, head, head_input[0][where], before[where],
+                                         logit_transform(unwrapped.config))
+            logits = logits.index_put(where, drafted.to(logits.dtype))
+        return logits, inputs["labels"], is_mask, teacher, outputs
 
     def _mask_dtype(self, model) -> torch.dtype:
         return self.accelerator.unwrap_model(model).get_input_embeddings().weight.dtype
@@ -373,12 +393,31 @@ class SpaceTrainer(Trainer):
         save_settings(output_dir or self.args.output_dir, self.space_config)
 
 
+@contextlib.contextmanager
+def _last_head_input(model):
+    """Yields a list that holds, after the forward inside, the LM head's input (the last hidden states): what a
+    draft head reads. Records nothing for models without a draft head."""
+    seen: list[torch.Tensor] = []
+    if draft_head_of(model) is None:
+        yield seen
+        return
+
+    def record(module, args, output):
+        seen[:] = [args[0]]
+
+    handle = model.get_output_embeddings().register_forward_hook(record)
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
 def _base_to_eval(model) -> bool:
     """Put the frozen base in eval mode (no dropout, as at inference), the adapters keep the trainer's mode."""
     training = model.training
     model.eval()
     for module in model.modules():
-        if isinstance(module, (GatedLoraAdapter, GatedMaskEmbedding)):
+        if isinstance(module, (GatedLoraAdapter, GatedMaskEmbedding, DraftHead)):
             module.train(training)
     return training
 
