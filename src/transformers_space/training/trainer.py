@@ -108,9 +108,9 @@ class SpaceTrainer(Trainer):
         )
         if self.space_config.draft_head_width and (self.is_fsdp_enabled or is_deepspeed_zero3_enabled()):
             raise ValueError(
-                "Training a draft head (draft_head_width > 0) under FSDP or DeepSpeed ZeRO-3 is not supported: the head "
-                "reads the LM head's weight outside the model's forward, where these engines keep it sharded. Use DDP "
-                "or ZeRO-2 (only the small head trains; the frozen model fits where inference fits)."
+                "Training a draft head (draft_head_width > 0) under FSDP or DeepSpeed ZeRO-3 is not supported: the "
+                "head reads the LM head's weight outside the model's forward, where these engines keep it sharded. "
+                "Use DDP or ZeRO-2 (only the small head trains; the frozen model fits where inference fits)."
             )
         # compute_loss divides by num_items_in_batch itself (counted by _get_num_items_in_batch below), so the
         # Trainer must neither divide again by the accumulation steps nor count the labels its own way.
