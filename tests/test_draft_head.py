@@ -190,6 +190,19 @@ def test_head_training_moves_only_the_head_and_scores_with_it(gated_base, tmp_pa
     assert torch.equal(logits[~is_mask], outputs.logits[~is_mask])
 
 
+def test_a_head_trains_in_float32_on_a_bfloat16_base(gated_base, tmp_path):
+    trainer = SpaceTrainer(
+        model=copy.deepcopy(gated_base).to(torch.bfloat16), args=training_args(tmp_path, 2, warmup_steps=0),
+        train_dataset=toy_rows(32, seed=3), space_config=SpaceConfig(num_mask_tokens=4, mode="gated",
+                                                                      draft_head_width=32),
+    )
+    head = draft_head_of(trainer.model)
+    assert all(parameter.dtype == torch.float32 for parameter in head.parameters())
+    before = [parameter.detach().clone() for parameter in head.parameters()]
+    trainer.train()
+    assert not all(torch.equal(a, b) for a, b in zip(before, head.parameters(), strict=True))
+
+
 def test_the_head_trains_on_the_data_token_before_each_target(gated_base, tmp_path):
     """The token the trainer feeds the head for mask j of a block at s is the data's token at position s + j (the
     one the verifier emits right before that mask's target), never the target itself."""

@@ -83,7 +83,8 @@ def conditioned_logits(model, head: DraftHead, hidden: torch.Tensor, before_ids:
     """The head's logits over the whole vocabulary (what training scores): [..., vocab] from hidden
     [..., hidden_size] and the ids of the tokens before the masks' targets [...]."""
     before = model.get_input_embeddings().weight[before_ids]
-    out = model.get_output_embeddings()(head(hidden, before))
+    lm_head = model.get_output_embeddings()
+    out = lm_head(head(hidden, before).to(lm_head.weight.dtype))  # a head training in fp32 on a bf16 base
     return out if transform is None else transform(out)
 
 
