@@ -181,4 +181,7 @@ def test_auto_drafts_only_for_a_clear_expected_gain(caplog):
     assert plan_for(0.01).groups  # a clear gain: draft
     with caplog.at_level("INFO"):
         assert plan_for(0.18) == SpaceLayoutPlan(0, ())  # above 1x, but not clearly: do not draft
+        assert plan_for(0.18) == SpaceLayoutPlan(0, ())
     assert "not drafting" in caplog.text
+    warnings = [record for record in caplog.records if record.levelname == "WARNING"]
+    assert len(warnings) == 1 and "not expected to pay" in warnings[0].getMessage()  # once per model, not per call

@@ -144,7 +144,8 @@ def auto_plan(model) -> SpaceLayoutPlan:
                     plan.to_dict(), speedup, AUTO_MIN_EXPECTED_SPEEDUP)
         plan, speedup = SpaceLayoutPlan(0, ()), 1.0
     logger.info("SPACE layout chosen for this machine: %s (expected speedup %.2fx)", plan.to_dict(), speedup)
-    if not plan.groups:
+    if not plan.groups and not getattr(model, "_space_no_draft_warned", False):  # once per model, not per call
         logger.warning("On this machine drafting is not expected to pay with these acceptance rates; SPACE runs "
                        "without drafts, at plain decoding's speed.")
+        model._space_no_draft_warned = True
     return plan
