@@ -27,7 +27,6 @@ from transformers_space.decoding.draft_head import (
     conditioned_logits,
     draft_head_of,
 )
-from transformers_space.decoding.forward import logit_transform
 from transformers_space.decoding.gated import remove_gated_adapters
 from transformers_space.hub import load_space_adapter, save_space_adapter
 from transformers_space.training import SpaceTrainer
@@ -108,14 +107,14 @@ def test_an_untrained_head_drafts_what_the_masks_draft(drafts_log):
 @pytest.mark.parametrize("arch", ["llama", "gemma2"])
 def test_restricted_decoding_logits_are_the_training_logits_on_the_candidates(arch):
     model = with_head(gated_model(arch, seed=0, num_mask_tokens=K), seed=0)
-    head, transform = draft_head_of(model), logit_transform(model.config)
+    head = draft_head_of(model)
     generator = torch.Generator().manual_seed(0)
     hidden = torch.randn(5, model.config.hidden_size, generator=generator)
     before = torch.randint(1, 40, (5,), generator=generator)
     mask_logits = torch.randn(5, model.config.vocab_size, generator=generator)
     with torch.no_grad():
-        full = conditioned_logits(model, head, hidden, before, transform)
-        restricted = RestrictedDrafting(model, head, transform)(hidden, before, mask_logits)
+        full = conditioned_logits(model, head, hidden, before)
+        restricted = RestrictedDrafting(model, head)(hidden, before, mask_logits)
     chosen = mask_logits.topk(DRAFT_CANDIDATES, dim=-1).indices
     torch.testing.assert_close(restricted.gather(1, chosen), full.gather(1, chosen))
     outside = torch.ones_like(restricted, dtype=torch.bool).scatter(1, chosen, False)

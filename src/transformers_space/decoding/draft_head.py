@@ -29,11 +29,11 @@ Imports only torch, transformers and sibling modules (it ships as remote code).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .forward import lm_head_of, logit_transform
 
 DRAFT_CANDIDATES = 16
 
@@ -75,17 +75,12 @@ def install_draft_head(model, width: int) -> DraftHead:
     return lm_head.space_draft_head
 
 
-Transform = Callable[[torch.Tensor], torch.Tensor] | None  # `forward.logit_transform`: what follows the LM head
-
-
-def conditioned_logits(model, head: DraftHead, hidden: torch.Tensor, before_ids: torch.Tensor,
-                       transform: Transform = None) -> torch.Tensor:
+def conditioned_logits(model, head: DraftHead, hidden: torch.Tensor, before_ids: torch.Tensor) -> torch.Tensor:
     """The head's logits over the whole vocabulary (what training scores): [..., vocab] from hidden
-    [..., hidden_size] and the ids of the tokens before the masks' targets [...]."""
-    before = model.get_input_embeddings().weight[before_ids]
-    lm_head = model.get_output_embeddings()
-    out = lm_head(head(hidden, before).to(lm_head.weight.dtype))  # a head training in fp32 on a bf16 base
-    return out if transform is None else transform(out)
+    [..., hidden_size] and the ids of the tokens before the masks' targets [...]; the model's own logits
+    (`forward.lm_head_of`) of the head's output."""
+    z = head(hidden, model.get_input_embeddings().weight[before_ids])
+    return lm_head_of(model)(z.to(model.get_output_embeddings().weight.dtype))  # a head training in fp32, bf16 base
 
 
 class RestrictedDrafting:
@@ -94,8 +89,9 @@ class RestrictedDrafting:
 
     hidden [batch, hidden_size], before_ids [batch], mask_logits [batch, vocab]; returns [batch, vocab] float."""
 
-    def __init__(self, model, head: DraftHead, transform: Transform = None, candidates: int = DRAFT_CANDIDATES):
-        self.head, self.transform, self.candidates = head, transform, candidates
+    def __init__(self, model, head: DraftHead, candidates: int = DRAFT_CANDIDATES):
+        self.head, self.candidates = head, candidates
+        self.transform = logit_transform(model.config)  # what follows the LM head, as in `lm_head_of`
         self.embedding = model.get_input_embeddings().weight
         lm_head = model.get_output_embeddings()
         self.head_weight, self.head_bias = lm_head.weight, getattr(lm_head, "bias", None)

@@ -39,7 +39,7 @@ from .candidates import SpaceCandidateGenerator
 from .compat import crop_cache, new_cache, output_cache_field, user_cache_from_kwargs
 from .configuration import SpaceConfig
 from .draft_head import RestrictedDrafting, draft_head_of
-from .forward import PassLogits, forward_block, lm_head_of, logit_transform, without_autograd
+from .forward import PassLogits, forward_block, lm_head_of, without_autograd
 from .gated import masks_per_group
 from .kernels import kernels_named
 from .layout import INVALID, PassLayout, build_pass_layout, cache_positions_after_pass, draft_rows, prompt_positions
@@ -91,9 +91,8 @@ def space_decoding(
         state = DecodingState.start(model, input_ids, model_kwargs, generation_config, logits_processor)
         sampling = bool(generation_config.do_sample)
         draft_head = draft_head_of(model)
-        if draft_head is not None:
-            draft_head = RestrictedDrafting(model, draft_head, logit_transform(model.config))
-        drafter = SpaceCandidateGenerator(mask_token_id, plan.num_masks, logits_processor, sampling, draft_head)
+        head_drafting = None if draft_head is None else RestrictedDrafting(model, draft_head)
+        drafter = SpaceCandidateGenerator(mask_token_id, plan.num_masks, logits_processor, sampling, head_drafting)
         head = lm_head_of(model)
         position_limit = getattr(model.config, "n_positions", None)
         while True:

@@ -43,7 +43,6 @@ from transformers.trainer_utils import enable_full_determinism, get_last_checkpo
 from ..decoding.compat import cache_argument_name, new_cache
 from ..decoding.configuration import SpaceConfig
 from ..decoding.draft_head import DraftHead, conditioned_logits, draft_head_of
-from ..decoding.forward import logit_transform
 from ..decoding.gated import GatedLoraAdapter, GatedMaskEmbedding
 from ..decoding.planning import greedy_chain_accepted
 from .collator import IGNORE, SpaceDataCollator, valid_block_starts
@@ -223,9 +222,11 @@ class SpaceTrainer(Trainer):
         cache = new_cache()
         teacher = None
         wants_teacher = self._wants_teacher(model)
+        # each mask's target position, a column of the prefix (which covers every target; real tokens: column ==
+        # position): where the teacher's logits are read, and the data's token before the target (a draft head's input)
+        targets_at = inputs["mask_position_ids"].clamp(max=inputs["input_ids"].shape[1] - 1)
         with torch.no_grad():
             if wants_teacher:  # the base's logits at each mask's target position: the columns any row needs
-                targets_at = inputs["mask_position_ids"].clamp(max=inputs["input_ids"].shape[1] - 1)
                 columns = targets_at.unique()
             prefix = model(
                 input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=True,
@@ -249,10 +250,8 @@ class SpaceTrainer(Trainer):
         logits = outputs.logits
         if head is not None:  # each mask's logits from the draft head, given the data's token before its target
             where = torch.nonzero(is_mask, as_tuple=True)
-            last_column = inputs["input_ids"].shape[1] - 1  # the prefix covers every target (real tokens: column ==
-            before = inputs["input_ids"].gather(1, inputs["mask_position_ids"].clamp(max=last_column))  # position)
-            drafted = conditioned_logits(unwrapped, head, head_input[0][where], before[where],
-                                         logit_transform(unwrapped.config))
+            before = inputs["input_ids"].gather(1, targets_at)
+            drafted = conditioned_logits(unwrapped, head, head_input[0][where], before[where])
             logits = logits.index_put(where, drafted.to(logits.dtype))
         return logits, inputs["labels"], is_mask, teacher, outputs
 
