@@ -50,7 +50,7 @@ transformers-space train --model "$OUT" --data "$DATA/distill_v5.jsonl" --eval_d
   --lr_scheduler_type cosine --max_steps "$HEAD_STEPS" --eval_strategy steps --eval_steps 100 --eval_on_start \
   --save_steps 100 --save_total_limit 2 --logging_steps 10 --report_to none --dataloader_num_workers 0 --seed 0
 
-cp "$DATA/distill_v5.jsonl" "$DATA/distill_v7.jsonl"   # the same rows, then 2,200 more chat prompts
+[ -f "$DATA/distill_v7.jsonl" ] || cp "$DATA/distill_v5.jsonl" "$DATA/distill_v7.jsonl"   # + 2,200 chat prompts
 python examples/make_distill_data.py --output "$DATA/distill_v7.jsonl" --code 2500 --chat 4000 --math 700 \
   --packages $PACKAGES --answers-from "$HERE/answers-train.jsonl.gz"
 transformers-space train --model "$OUT-head" --data "$DATA/distill_v7.jsonl" --eval_data "$DATA/heldout_v5.jsonl" \
