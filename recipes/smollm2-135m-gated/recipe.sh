@@ -43,22 +43,20 @@ transformers-space train --model "$BASE" --data "$DATA/distill_v5.jsonl" --eval_
   --lr_scheduler_type cosine --max_steps "$STEPS" --eval_strategy steps --eval_steps 100 --eval_on_start \
   --save_steps 100 --save_total_limit 2 --logging_steps 10 --report_to none --dataloader_num_workers 0 --seed 0
 
-transformers-space train --model "$OUT" --data "$DATA/distill_v5.jsonl" --eval_data "$DATA/heldout_v5.jsonl" \
-  --mode gated --num_mask_tokens 4 --blocks_per_sequence 16 --sar_probability 1.0 --max_length 384 \
-  --adapter_rank "$RANK" --adapter_alpha $((2 * RANK)) --draft_head_width "$HEAD_WIDTH" --output_dir "$OUT-head" \
-  --per_device_train_batch_size 8 --per_device_eval_batch_size 8 --learning_rate 1e-3 --warmup_steps 20 \
-  --lr_scheduler_type cosine --max_steps "$HEAD_STEPS" --eval_strategy steps --eval_steps 100 --eval_on_start \
-  --save_steps 100 --save_total_limit 2 --logging_steps 10 --report_to none --dataloader_num_workers 0 --seed 0
+train_head() {  # train_head FROM ROWS OUT STEPS LR SEED EVAL_STEPS: train only a draft head on FROM's frozen adapter
+  transformers-space train --model "$1" --data "$2" --eval_data "$DATA/heldout_v5.jsonl" \
+    --mode gated --num_mask_tokens 4 --blocks_per_sequence 16 --sar_probability 1.0 --max_length 384 \
+    --adapter_rank "$RANK" --adapter_alpha $((2 * RANK)) --draft_head_width "$HEAD_WIDTH" --output_dir "$3" \
+    --per_device_train_batch_size 8 --per_device_eval_batch_size 8 --learning_rate "$5" --warmup_steps 20 \
+    --lr_scheduler_type cosine --max_steps "$4" --eval_strategy steps --eval_steps "$7" --eval_on_start \
+    --save_steps "$7" --save_total_limit 2 --logging_steps 10 --report_to none --dataloader_num_workers 0 --seed "$6"
+}
+train_head "$OUT" "$DATA/distill_v5.jsonl" "$OUT-head" "$HEAD_STEPS" 1e-3 0 100
 
 [ -f "$DATA/distill_v7.jsonl" ] || cp "$DATA/distill_v5.jsonl" "$DATA/distill_v7.jsonl"   # + 2,200 chat prompts
 python examples/make_distill_data.py --output "$DATA/distill_v7.jsonl" --code 2500 --chat 4000 --math 700 \
   --packages $PACKAGES --answers-from "$HERE/answers-train.jsonl.gz"
-transformers-space train --model "$OUT-head" --data "$DATA/distill_v7.jsonl" --eval_data "$DATA/heldout_v5.jsonl" \
-  --mode gated --num_mask_tokens 4 --blocks_per_sequence 16 --sar_probability 1.0 --max_length 384 \
-  --adapter_rank "$RANK" --adapter_alpha $((2 * RANK)) --draft_head_width "$HEAD_WIDTH" --output_dir "$OUT-head2" \
-  --per_device_train_batch_size 8 --per_device_eval_batch_size 8 --learning_rate 5e-4 --warmup_steps 20 \
-  --lr_scheduler_type cosine --max_steps "$HEAD_MORE_STEPS" --eval_strategy steps --eval_steps 175 --eval_on_start \
-  --save_steps 175 --save_total_limit 2 --logging_steps 10 --report_to none --dataloader_num_workers 0 --seed 1
+train_head "$OUT-head" "$DATA/distill_v7.jsonl" "$OUT-head2" "$HEAD_MORE_STEPS" 5e-4 1 175
 
 python examples/heldout_acceptance.py --models hub_configs/smollm2-135m-space-gated "$OUT" "$OUT-head" "$OUT-head2" \
   --code 16 --chat 16 --max-new-tokens 96 --packages $PACKAGES
