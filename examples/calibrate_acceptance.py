@@ -2,8 +2,9 @@
 
 `num_mask_tokens="auto"` picks the layout from these rates and this machine's pass costs. The prompts come from
 the HELD-OUT split of `transformers_space.training.distill` (library functions phrased as requests, ShareGPT
-first turns; no training row can be drawn from it), never the benchmark's suites; code and chat passes are
-pooled, so one layout serves both. `--seed` orders the split differently from examples/heldout_acceptance.py.
+first turns; no training row can be drawn from it), never the benchmark's suites. The rates are stored pooled
+and per kind (code, chat): `auto` picks the one layout that does best over both kinds (`planning.typical_speedup`).
+`--seed` orders the split differently from examples/heldout_acceptance.py.
 
     python examples/calibrate_acceptance.py --adapter hub_configs/smollm2-135m-space-gated --code 8 --chat 8 \
         --packages transformers torch accelerate huggingface_hub tqdm peft safetensors matplotlib numpy
@@ -21,6 +22,7 @@ from tqdm import tqdm
 
 from transformers_space.arguments import add_dtype_argument
 from transformers_space.decoding.autotune import calibrate_acceptance
+from transformers_space.decoding.configuration import SpaceConfig
 from transformers_space.hub import ADAPTER_CONFIG, load_space_adapter
 from transformers_space.prompts import encode_prompts
 from transformers_space.training.distill import select_prompts
@@ -44,15 +46,20 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO)
     torch.set_num_threads(args.threads)
     model, tokenizer = load_space_adapter(args.adapter, dtype=getattr(torch, args.dtype))
-    prompts = (select_prompts("code", args.code, "heldout", args.seed, args.packages)
-               + select_prompts("chat", args.chat, "heldout", args.seed))
+    code = select_prompts("code", args.code, "heldout", args.seed, args.packages)
+    chat = select_prompts("chat", args.chat, "heldout", args.seed)
+    prompts = code + chat
     inputs = [encode_prompts(tokenizer, [p])["input_ids"] for p in tqdm(prompts, desc="tokenising")]
-    rates = calibrate_acceptance(model, inputs, max_new_tokens=args.max_new_tokens)
+    kinds = ["code"] * len(code) + ["chat"] * len(chat)
+    rates = calibrate_acceptance(model, inputs, max_new_tokens=args.max_new_tokens, kinds=kinds)
+    rates_by_kind = SpaceConfig.of(model).acceptance_rates_by_kind
     path = Path(args.adapter) / ADAPTER_CONFIG
     settings = json.loads(path.read_text())
     settings["space_config"]["acceptance_rates"] = rates
+    settings["space_config"]["acceptance_rates_by_kind"] = rates_by_kind
     path.write_text(json.dumps(settings, indent=2) + "\n")
-    logger.info("acceptance rates per mask %s written to %s", [round(r, 3) for r in rates], path)
+    logger.info("acceptance rates per mask %s (%s) written to %s", [round(r, 3) for r in rates],
+                {kind: [round(r, 3) for r in kind_rates] for kind, kind_rates in rates_by_kind.items()}, path)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from transformers_space import (
     add_space_support,
     load_space_model,
 )
+from transformers_space.decoding.autotune import measure_pass_costs
 from transformers_space.decoding.draft_head import (
     DRAFT_CANDIDATES,
     RestrictedDrafting,
@@ -28,6 +29,7 @@ from transformers_space.decoding.draft_head import (
     draft_head_of,
 )
 from transformers_space.decoding.gated import remove_gated_adapters
+from transformers_space.decoding.planning import pass_shapes
 from transformers_space.hub import load_space_adapter, save_space_adapter
 from transformers_space.training import SpaceTrainer
 from transformers_space.training.losses import mask_index_in_block
@@ -102,6 +104,20 @@ def test_an_untrained_head_drafts_what_the_masks_draft(drafts_log):
     for prompt in prompts:
         tokens_per_pass(model, prompt)
     assert drafts_log == without and len(without) > 10
+
+
+def test_pass_costs_include_the_draft_heads_drafting():
+    """`auto` plans with whole passes, drafting included: each measured pass that drafts runs the head once per mask
+    of its group (2 rounds: the warm-up and one timed)."""
+    model = with_head(gated_model("llama", seed=0, num_mask_tokens=K), seed=0)
+    calls = []
+    handle = draft_head_of(model).register_forward_hook(lambda *args: calls.append(1))
+    try:
+        costs = measure_pass_costs(model, context_length=8, repeats=1)
+    finally:
+        handle.remove()
+    assert set(costs) == {1, *pass_shapes(K)}
+    assert len(calls) == 2 * sum(num_masks for num_masks, _, _ in pass_shapes(K).values())
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma2"])

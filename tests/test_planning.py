@@ -5,14 +5,18 @@ import torch
 from test_lossless import RecordingStreamer
 from tiny_models import left_padded, random_prompts, tiny_model
 
+from transformers_space import SpaceConfig
 from transformers_space.decoding.autotune import auto_plan, calibrate_acceptance, cost_function, measure_pass_costs
 from transformers_space.decoding.planning import (
     SpaceLayoutPlan,
     acceptance_rates,
     choose_plan,
+    drafting_plans,
     expected_rates,
     expected_speedup,
     greedy_chain_accepted,
+    pass_shapes,
+    typical_speedup,
 )
 
 CPU_LIKE = cost_function({1: 1.0, 2: 1.65, 4: 1.65, 8: 1.8, 16: 1.75, 24: 2.1, 36: 2.6})
@@ -66,14 +70,38 @@ def test_expected_rates_match_closed_forms():
 
 def test_choice_follows_the_hardware():
     good = [0.9, 0.85, 0.8, 0.75, 0.7]
-    on_gpu = choose_plan(5, good, FREE)
+    on_gpu = choose_plan(5, [good], FREE)
     assert on_gpu == SpaceLayoutPlan.full(5)  # passes are free: draft as much as possible
-    on_cpu = choose_plan(5, good, CPU_LIKE)
+    on_cpu = choose_plan(5, [good], CPU_LIKE)
     assert expected_speedup(on_cpu, good, CPU_LIKE) > expected_speedup(SpaceLayoutPlan.full(5), good, CPU_LIKE)
-    assert choose_plan(5, [0.1] * 5, CPU_LIKE) == SpaceLayoutPlan(0, ())  # drafting never pays: do not draft
+    assert choose_plan(5, [[0.1] * 5], CPU_LIKE) == SpaceLayoutPlan(0, ())  # drafting never pays: do not draft
     middling = [0.45] * 5
-    chosen = choose_plan(5, middling, CPU_LIKE)
+    chosen = choose_plan(5, [middling], CPU_LIKE)
     assert chosen.tokens_in_pass(chosen.num_masks) < SpaceLayoutPlan.full(5).tokens_in_pass(5)
+
+
+def test_pass_shapes_cover_every_pass_a_plan_makes():
+    for max_masks in (1, 3, 4):
+        shapes = pass_shapes(max_masks)
+        for tokens, (num_masks, candidates, groups) in shapes.items():
+            assert tokens == 1 + candidates + groups * num_masks and 1 <= groups <= candidates + 1 <= num_masks + 1
+        made = {plan.tokens_in_pass(n) for plan in drafting_plans(max_masks) for n in range(plan.num_masks + 1)}
+        assert made == set(shapes)
+    assert pass_shapes(4)[10] == (4, 1, 2)  # also (3, 3, 2): the shape with more masks drafts more, the dearer
+
+
+def test_typical_speedup_is_the_geometric_mean_over_kinds():
+    easy, hard = [0.9] * 4, [0.3] * 4
+    plan = SpaceLayoutPlan(4, (0, 2))
+    by_hand = (expected_speedup(plan, easy, CPU_LIKE) * expected_speedup(plan, hard, CPU_LIKE)) ** 0.5
+    assert typical_speedup(plan, [easy, hard], CPU_LIKE) == pytest.approx(by_hand)
+    assert typical_speedup(plan, [easy], CPU_LIKE) == pytest.approx(expected_speedup(plan, easy, CPU_LIKE))
+    assert typical_speedup(SpaceLayoutPlan(0, ()), [easy, hard], CPU_LIKE) == pytest.approx(1.0)
+    chosen = choose_plan(4, [easy, hard], CPU_LIKE)
+    assert all(typical_speedup(chosen, [easy, hard], CPU_LIKE) >= typical_speedup(other, [easy, hard], CPU_LIKE)
+               for other in drafting_plans(4))
+    with pytest.raises(ValueError, match="rate_sets"):
+        choose_plan(4, [], CPU_LIKE)
 
 
 PLANS = [SpaceLayoutPlan(0, ()), SpaceLayoutPlan(3, (0,)), SpaceLayoutPlan(3, (0, 3)), SpaceLayoutPlan(2, (0, 1)),
@@ -141,8 +169,8 @@ def test_num_mask_tokens_argument():
 
 def test_auto_measures_calibrates_and_chooses(caplog):
     model = tiny_model("llama", seed=0, num_mask_tokens=3, drafty=True)
-    costs = measure_pass_costs(model, token_counts=(1, 4, 16), context_length=16, repeats=1)
-    assert set(costs) == {1, 4, 16} and all(seconds > 0 for seconds in costs.values())
+    costs = measure_pass_costs(model, context_length=16, repeats=1)
+    assert set(costs) == {1, *pass_shapes(3)} and all(seconds > 0 for seconds in costs.values())
     rates = calibrate_acceptance(model, [random_prompts(1, 5, s) for s in range(3)], max_new_tokens=20)
     assert len(rates) == 3 and model.config.space_config["acceptance_rates"] == rates
     with caplog.at_level("INFO"):
@@ -153,6 +181,35 @@ def test_auto_measures_calibrates_and_chooses(caplog):
     out = model.generate(prompt, max_new_tokens=20, do_sample=False, use_space=True, num_mask_tokens="auto",
                          return_dict_in_generate=True)
     assert torch.equal(plain, out.sequences) and out.space_layout == plan.to_dict()
+
+
+def test_calibration_per_kind_of_prompt_and_auto_plans_for_every_kind(caplog, tmp_path):
+    model = tiny_model("llama", seed=0, num_mask_tokens=3, drafty=True)
+    prompts = [random_prompts(1, 5, s) for s in range(4)]
+    with pytest.raises(ValueError, match="one kind per prompt"):
+        calibrate_acceptance(model, prompts, max_new_tokens=12, kinds=["code"])
+    rates = calibrate_acceptance(model, prompts, max_new_tokens=20, kinds=["code", "code", "chat", "chat"])
+    by_kind = SpaceConfig.of(model).acceptance_rates_by_kind
+    assert set(by_kind) == {"code", "chat"} and all(len(kind_rates) == 3 for kind_rates in by_kind.values())
+    # every pass reaches mask 1, so the pooled first rate is a mix of the kinds' first rates
+    assert min(r[0] for r in by_kind.values()) <= rates[0] <= max(r[0] for r in by_kind.values())
+    model.save_pretrained(tmp_path)
+    assert SpaceConfig.of(type(model).from_pretrained(tmp_path)).acceptance_rates_by_kind == by_kind
+    assert calibrate_acceptance(model, prompts[:1], max_new_tokens=12) and not SpaceConfig.of(
+        model).acceptance_rates_by_kind  # pooled again: per-kind rates of other weights or prompts would mislead
+
+    from transformers_space.decoding.kernels import PASS_KERNELS
+
+    config = dict(model.config.space_config)
+    config["acceptance_rates"], config["acceptance_rates_by_kind"] = [0.6] * 3, {"easy": [0.9] * 3, "hard": [0.3] * 3}
+    model.config.space_config = config
+    model._space_pass_costs = {name: {tokens: 1.0 + 0.02 * (tokens - 1) for tokens in (1, *pass_shapes(3))}
+                               for name in PASS_KERNELS}
+    with caplog.at_level("INFO"):
+        plan = auto_plan(model)
+    cost = cost_function(model._space_pass_costs["linear"])
+    assert plan.groups and plan == choose_plan(3, [[0.9] * 3, [0.3] * 3], cost)
+    assert "'easy':" in caplog.text and "'hard':" in caplog.text  # the expected speed-up of each kind is logged
 
 
 def test_auto_drafts_only_for_a_clear_expected_gain(caplog):
@@ -167,7 +224,7 @@ def test_auto_drafts_only_for_a_clear_expected_gain(caplog):
     config["acceptance_rates"] = [0.5]
 
     def costs_with(extra_cost_per_token: float) -> dict[int, float]:
-        return {tokens: 1.0 + extra_cost_per_token * (tokens - 1) for tokens in autotune.MEASURED_TOKEN_COUNTS}
+        return {tokens: 1.0 + extra_cost_per_token * (tokens - 1) for tokens in (1, *pass_shapes(1))}
 
     def plan_for(extra_cost_per_token: float) -> SpaceLayoutPlan:
         model.config.space_config = config

@@ -36,6 +36,9 @@ def test_the_schema_reads_and_refuses():
         SpaceConfig.from_dict({"num_mask_tokens": 2, "mask_token_id": 5, "acceptance_rates": [0.5, 1.5]})
     with pytest.raises(TypeError):  # measured, not a setting
         SpaceConfig(acceptance_rates=[0.5])
+    for bad in ({}, {"code": [1.5]}, [[0.5]], {3: [0.5]}):
+        with pytest.raises(ValueError, match="acceptance_rates"):
+            SpaceConfig.from_dict({"num_mask_tokens": 2, "mask_token_id": 5, "acceptance_rates_by_kind": bad})
 
 
 @pytest.mark.parametrize("layout", [None, SpaceLayoutPlan(2, (0, 1)), SpaceLayoutPlan(1, (0,))])

@@ -18,65 +18,87 @@ from dataclasses import replace
 
 import torch
 
+from .candidates import SpaceCandidateGenerator
 from .compat import cache_argument_name, new_cache
 from .configuration import SpaceConfig
-from .forward import forward_block, without_autograd
+from .draft_head import RestrictedDrafting, draft_head_of
+from .forward import PassLogits, forward_block, lm_head_of, without_autograd
+from .gated import masks_per_group
 from .kernels import PASS_KERNELS, PassKernels
 from .layout import build_pass_layout
-from .planning import SpaceLayoutPlan, acceptance_rates, choose_plan, expected_speedup
+from .planning import (
+    SpaceLayoutPlan,
+    acceptance_rates,
+    choose_plan,
+    expected_speedup,
+    pass_shapes,
+    typical_speedup,
+)
 
 logger = logging.getLogger(__name__)
 
-MEASURED_TOKEN_COUNTS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 40, 48)  # short passes vary most
 # `auto` drafts only when a layout is expected to beat plain decoding by this factor. The pass costs are measured at
 # one context length, a few rounds each; real passes over longer contexts cost a few percent more, SPACE's loop adds
-# its bookkeeping and drafting to every pass, and the calibrated rates average prompts that may be easier than the
-# user's. Measured (BENCHMARKS.md): a layout expected at ~1.03x ran at 0.96x of plain `generate` (bench v11), one
+# its bookkeeping to every pass, and the calibrated rates average prompts that may be easier than the user's.
+# Measured (BENCHMARKS.md): a layout expected at ~1.03x ran at 0.96x of plain `generate` (bench v11), one
 # expected at 1.09x ran at 0.96x on HumanEval and 0.76x on MT-Bench (bench v16), while the draft-less plan runs at
 # plain speed; layouts expected at 2x and more (bf16 on AMX) ran within ~10% of their expectation.
 AUTO_MIN_EXPECTED_SPEEDUP = 1.15
 
 
 def measure_pass_costs(
-    model, token_counts: Sequence[int] = MEASURED_TOKEN_COUNTS, context_length: int = 128, repeats: int = 3,
-    kernels: PassKernels | None = None,
+    model, context_length: int = 128, repeats: int = 3, kernels: PassKernels | None = None
 ) -> dict[int, float]:
-    """Seconds of one pass (body on all tokens, LM head on up to 2k+1 rows) per token count, under `kernels`
-    (default: transformers' own modules, `PassKernels()`).
+    """Seconds of one SPACE pass per token count, under `kernels` (default: transformers' own modules,
+    `PassKernels()`); at 1 token, of a plain decoding step.
 
-    The second half of each block of 2 or more tokens is mask tokens, as in a SPACE pass, so that a gated
-    model's adapters (which run at mask positions only) are part of the cost. The token counts take turns
-    within each of `repeats` rounds and each keeps its fastest round: other load only ever slows a pass, and
-    a burst of it then cannot make one count look dearer than its neighbours and flip the plan."""
+    Each count is timed as a pass of that size runs in decoding (`planning.pass_shapes`): fresh token,
+    candidates and mask groups through `forward_block`, the LM head on the rows decoding reads (`PassLogits`), and
+    the next drafts made from one group (with the draft head where the model has one). Why whole passes: the body
+    alone left out work that grows with the layout (the head's rows, drafting), and plans chosen on it ran up to
+    15% slower than expected (BENCHMARKS.md, "Pass costs as decoding runs them"). The counts take turns within
+    each of `repeats` rounds and each keeps its fastest round: other load only ever slows a pass, and a burst of
+    it then cannot make one count look dearer than its neighbours and flip the plan."""
     with without_autograd(model):  # as decoding runs its passes
-        return _measure_pass_costs(model, token_counts, context_length, repeats, kernels or PassKernels())
+        return _measure_pass_costs(model, context_length, repeats, kernels or PassKernels())
 
 
-def _measure_pass_costs(model, token_counts, context_length, repeats, kernels) -> dict[int, float]:
-    space_config = SpaceConfig.of(model)
-    mask_token_id, num_mask_tokens = space_config.mask_token_id, space_config.num_mask_tokens
+def _measure_pass_costs(model, context_length, repeats, kernels) -> dict[int, float]:
+    mask_token_id = SpaceConfig.of(model).mask_token_id
     device = model.get_input_embeddings().weight.device
     generator = torch.Generator().manual_seed(0)
-    context = torch.randint(0, mask_token_id, (1, context_length), generator=generator).to(device)
-    body, head = model.base_model, model.get_output_embeddings()
+
+    def random_ids(count: int) -> torch.Tensor:
+        return torch.randint(0, mask_token_id, (1, count), generator=generator).to(device)
+
+    context = random_ids(context_length)
+    body, head = model.base_model, lm_head_of(model)
     cache = new_cache()
     body(input_ids=context, use_cache=True, **{cache_argument_name(type(body).forward): cache})
     cache_positions = torch.arange(context_length, device=device)[None]
-    layouts = {}
-    for count in token_counts:
-        fresh = torch.randint(0, mask_token_id, (1, count), generator=generator).to(device)
-        fresh[:, count - count // 2 :] = mask_token_id
-        positions = torch.arange(context_length, context_length + count, device=device)[None]
-        layout = build_pass_layout(fresh, positions, fresh[:, :0], cache_positions, mask_token_id, 1, [])
-        layouts[count] = (layout, min(count, 2 * num_mask_tokens + 1))
-    timings: dict[int, list[float]] = {count: [] for count in token_counts}
+    fresh_positions = torch.full((1, 1), context_length, device=device)
+    draft_head = draft_head_of(model)
+    head_drafting = None if draft_head is None else RestrictedDrafting(model, draft_head)
+    shapes = {1: (0, 0, 0), **pass_shapes(SpaceConfig.of(model).num_mask_tokens)}
+    layouts = {
+        count: (num_masks, build_pass_layout(random_ids(1), fresh_positions, random_ids(candidates), cache_positions,
+                                             mask_token_id, max(num_masks, 1), list(range(groups))))
+        for count, (num_masks, candidates, groups) in shapes.items()
+    }
+    timings: dict[int, list[float]] = {count: [] for count in layouts}
     with kernels.around_generate(model):
         for round_index in range(repeats + 1):  # round 0 warms up
-            for count, (layout, read) in layouts.items():
+            for count, (num_masks, layout) in layouts.items():
                 start = time.perf_counter()
-                with kernels.around_pass(model):
+                with kernels.around_pass(model), masks_per_group(model, max(num_masks, 1)):
                     hidden = forward_block(model, layout, cache, cache_positions)
-                    head(hidden[:, :read])
+                    logits = PassLogits(head, hidden, layout)
+                    logits.verify().argmax(-1)
+                    if num_masks:
+                        rows = layout.group_rows[-1:]
+                        drafter = SpaceCandidateGenerator(mask_token_id, num_masks, draft_head=head_drafting)
+                        drafter.set_draft_logits(logits.drafts(rows), logits.hidden_at(rows), layout.input_ids[:, 0])
+                        drafter.get_candidates(context)
                 if round_index:
                     timings[count].append(time.perf_counter() - start)
                 cache.crop(-count)
@@ -97,27 +119,39 @@ def cost_function(costs: dict[int, float]) -> Callable[[int], float]:
     return cost
 
 
-def calibrate_acceptance(model, prompts: Sequence[torch.Tensor], max_new_tokens: int = 64) -> list[float]:
-    """Acceptance rate per mask from SPACE runs with every group, stored in `space_config`.
+def calibrate_acceptance(
+    model, prompts: Sequence[torch.Tensor], max_new_tokens: int = 64, kinds: Sequence[str] | None = None
+) -> list[float]:
+    """Acceptance rate per mask from SPACE runs with every group, stored in `space_config`; with `kinds` (one
+    label per prompt, e.g. "code" or "chat") also the rates of each kind apart (`acceptance_rates_by_kind`), which
+    `auto_plan` then plans for.
 
     Only passes that verified a full set of candidates count (not the first pass, nor a last pass cut short
     by a stop).
     """
+    if kinds is not None and len(kinds) != len(prompts):
+        raise ValueError(f"`kinds` should give one kind per prompt: {len(kinds)} kinds for {len(prompts)} prompts.")
     space_config = SpaceConfig.of(model)
-    counts = []
-    for prompt in prompts:
+    counts: dict[str, list[int]] = {}
+    for index, prompt in enumerate(prompts):
         out = model.generate(
             prompt, max_new_tokens=max_new_tokens, do_sample=False, use_space=True, return_dict_in_generate=True,
             space_layout=SpaceLayoutPlan.full(space_config.num_mask_tokens),
         )
-        counts += [emitted - 1 for emitted in out.tokens_per_pass[0][1:-1]]
-    space_config.acceptance_rates = acceptance_rates(counts, space_config.num_mask_tokens)
+        kind = kinds[index] if kinds is not None else ""
+        counts.setdefault(kind, []).extend(emitted - 1 for emitted in out.tokens_per_pass[0][1:-1])
+    k = space_config.num_mask_tokens
+    space_config.acceptance_rates = acceptance_rates([c for kind_counts in counts.values() for c in kind_counts], k)
+    space_config.acceptance_rates_by_kind = (
+        None if kinds is None else {kind: acceptance_rates(kind_counts, k) for kind, kind_counts in counts.items()}
+    )
     space_config.save_to(model)
     return space_config.acceptance_rates
 
 
 def auto_plan(model) -> SpaceLayoutPlan:
-    """The layout (and pass kernels) with the highest expected speed on this machine for this model."""
+    """The layout (and pass kernels) with the highest expected speed on this machine for this model: for every kind
+    of prompt it was calibrated on at once where the rates per kind are known (`planning.typical_speedup`)."""
     space_config = SpaceConfig.of(model)
     rates, num_mask_tokens = space_config.acceptance_rates, space_config.num_mask_tokens
     if not rates:
@@ -126,24 +160,28 @@ def auto_plan(model) -> SpaceLayoutPlan:
             "`transformers_space.autotune.calibrate_acceptance`); using every group with %d masks.", num_mask_tokens
         )
         return SpaceLayoutPlan.full(num_mask_tokens)
+    rates_by_kind = space_config.acceptance_rates_by_kind or {"all prompts": rates}
     if getattr(model, "_space_pass_costs", None) is None:  # {kernels name: {tokens: seconds}}
         model._space_pass_costs = {
             name: measure_pass_costs(model, kernels=kernels) for name, kernels in PASS_KERNELS.items()
         }
     # speed-ups relative to plain decoding, which runs 1-token passes through transformers' own modules
     plain_cost = cost_function(model._space_pass_costs[PassKernels.name])(1)
-    plan, speedup = SpaceLayoutPlan(0, ()), 1.0
+    plan, speedup, plan_cost = SpaceLayoutPlan(0, ()), 1.0, cost_function(model._space_pass_costs[PassKernels.name])
     for name, costs in model._space_pass_costs.items():
         cost = cost_function(costs)
-        candidate = replace(choose_plan(num_mask_tokens, rates, cost), kernels=name)
-        candidate_speedup = expected_speedup(candidate, rates, cost) * plain_cost / cost(1)
+        candidate = replace(choose_plan(num_mask_tokens, list(rates_by_kind.values()), cost), kernels=name)
+        candidate_speedup = typical_speedup(candidate, list(rates_by_kind.values()), cost) * plain_cost / cost(1)
         if candidate_speedup > speedup + 1e-12:
-            plan, speedup = candidate, candidate_speedup
+            plan, speedup, plan_cost = candidate, candidate_speedup, cost
+    by_kind = {kind: round(expected_speedup(plan, kind_rates, plan_cost) * plain_cost / plan_cost(1), 2)
+               for kind, kind_rates in rates_by_kind.items()}
     if plan.groups and speedup < AUTO_MIN_EXPECTED_SPEEDUP:
-        logger.info("Best SPACE layout %s is expected at only %.2fx of plain decoding (below %.2fx): not drafting.",
-                    plan.to_dict(), speedup, AUTO_MIN_EXPECTED_SPEEDUP)
-        plan, speedup = SpaceLayoutPlan(0, ()), 1.0
-    logger.info("SPACE layout chosen for this machine: %s (expected speedup %.2fx)", plan.to_dict(), speedup)
+        logger.info("Best SPACE layout %s is expected at only %.2fx of plain decoding (below %.2fx; per kind of "
+                    "prompt %s): not drafting.", plan.to_dict(), speedup, AUTO_MIN_EXPECTED_SPEEDUP, by_kind)
+        plan, speedup, by_kind = SpaceLayoutPlan(0, ()), 1.0, dict.fromkeys(by_kind, 1.0)
+    logger.info("SPACE layout chosen for this machine: %s (expected speedup %.2fx; per kind of prompt %s)",
+                plan.to_dict(), speedup, by_kind)
     if not plan.groups and not getattr(model, "_space_no_draft_warned", False):  # once per model, not per call
         logger.warning("On this machine drafting is not expected to pay with these acceptance rates; SPACE runs "
                        "without drafts, at plain decoding's speed.")

@@ -6,9 +6,9 @@ writer of that dict: `SpaceConfig.of(model)` reads and validates it, `save_to(mo
 
 Decoding needs `mask_token_id` and `num_mask_tokens` (the number of masks the model was TRAINED with; a
 decoding layout may run fewer, see `planning.SpaceLayoutPlan.num_masks`); `num_mask_tokens="auto"` also
-reads the measured `acceptance_rates`. The other fields record how the model was (or is to be) trained by
-`SpaceTrainer` (docs/method.md), and `mode="gated"` also tells `from_pretrained` to rebuild the gated
-adapters before the weights load.
+reads the measured `acceptance_rates` and `acceptance_rates_by_kind`. The other fields record how the model was
+(or is to be) trained by `SpaceTrainer` (docs/method.md), and `mode="gated"` also tells `from_pretrained` to
+rebuild the gated adapters before the weights load.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ MODES = ("full", "lora", "gated")
 SAMPLE_FORMS = ("one_pass", "truncate")
 MASK_LOSSES = ("cross_entropy", "kl", "mix")
 # fields that describe a trained model rather than a training request: never compared between runs
-MEASURED_FIELDS = ("mask_token_id", "acceptance_rates", "version")
+MEASURED_FIELDS = ("mask_token_id", "acceptance_rates", "acceptance_rates_by_kind", "version")
 
 
 @dataclass
@@ -125,6 +125,15 @@ class SpaceConfig:
             "it were (`autotune.calibrate_acceptance`). `num_mask_tokens='auto'` plans the layout with them."
         },
     )
+    acceptance_rates_by_kind: dict[str, list[float]] | None = field(
+        default=None,
+        init=False,
+        metadata={
+            "help": "Measured, not set by hand: `acceptance_rates` per kind of calibration prompt (e.g. code and "
+            "chat). Where present, `num_mask_tokens='auto'` plans for all kinds at once (`planning.choose_plan`) "
+            "instead of for their pooled rates, which favour layouts that pay only on the easier kind."
+        },
+    )
     version: int = field(default=SPACE_CONFIG_VERSION, init=False, metadata={"help": "Format version."})
 
     def __post_init__(self) -> None:
@@ -214,6 +223,7 @@ class SpaceConfig:
             logger.warning("Ignoring unknown SPACE config keys %s (saved by a newer transformers-space?)", unknown)
         config = cls(**{k: v for k, v in values.items() if k in settable})
         config.acceptance_rates = _checked_rates(values.get("acceptance_rates"))
+        config.acceptance_rates_by_kind = _checked_rates_by_kind(values.get("acceptance_rates_by_kind"))
         return config
 
     def differences(self, other: SpaceConfig, names: tuple[str, ...] | None = None) -> dict[str, tuple[Any, Any]]:
@@ -230,6 +240,17 @@ def _checked_rates(rates) -> list[float] | None:
     ):
         raise ValueError(f"`acceptance_rates` should be a list of numbers in [0, 1] or None, got {rates!r}.")
     return [float(r) for r in rates]
+
+
+def _checked_rates_by_kind(rates_by_kind) -> dict[str, list[float]] | None:
+    if rates_by_kind is None:
+        return None
+    if not isinstance(rates_by_kind, dict) or not rates_by_kind or not all(isinstance(k, str) for k in rates_by_kind):
+        raise ValueError(
+            "`acceptance_rates_by_kind` should be a non-empty dict from a kind of prompt (e.g. 'code') to a list "
+            f"of numbers in [0, 1], or None; got {rates_by_kind!r}."
+        )
+    return {kind: _checked_rates(rates) for kind, rates in rates_by_kind.items()}
 
 
 def _check_int(config: SpaceConfig, name: str, minimum: int) -> None:

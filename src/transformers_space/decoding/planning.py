@@ -106,6 +106,36 @@ def expected_speedup(plan: SpaceLayoutPlan, alphas: Sequence[float], cost: Calla
     return _mean(stationary, emitted) / _mean(stationary, [cost(tokens) for tokens in fed]) * cost(1)
 
 
+def typical_speedup(plan: SpaceLayoutPlan, rate_sets: Sequence[Sequence[float]], cost: Callable[[int], float]) -> float:
+    """Geometric mean over kinds of prompt (one set of acceptance rates each, e.g. code and chat) of the expected
+    speedup.
+
+    Why not the speedup at the pooled rates: one layout serves every prompt, and the one that is best at the mean
+    rates spends them on masks that pay only on the easy prompts; where prompts accept less than the mean it loses
+    more than it gained. The geometric mean weighs a 10% loss on one kind against a 10% gain on another, and a
+    layout that drafts nothing scores 1 on every kind."""
+    product = 1.0
+    for alphas in rate_sets:
+        product *= expected_speedup(plan, alphas, cost)
+    return product ** (1.0 / len(rate_sets))
+
+
+def pass_shapes(max_masks: int) -> dict[int, tuple[int, int, int]]:
+    """{tokens in a pass: (masks per group, candidates, groups)} for the passes that drafting plans of up to
+    `max_masks` masks make (a pass with n candidates runs the groups after 1 to n + 1 candidate counts). Where
+    several shapes share a token count, the one with the most masks per group: it drafts the most, the dearest.
+
+    Why: `autotune.measure_pass_costs` times a pass of each of these shapes, so that the costs the plan is chosen
+    with are those of passes it will run, not interpolated across a jump (a pass of 17 tokens cost 10% more than
+    one of 16 on a 2-core Xeon in bf16, BENCHMARKS.md)."""
+    shapes: dict[int, tuple[int, int, int]] = {}
+    for num_masks in range(1, max_masks + 1):
+        for candidates in range(num_masks + 1):
+            for groups in range(1, candidates + 2):
+                shapes[1 + candidates + groups * num_masks] = (num_masks, candidates, groups)  # most masks last
+    return dict(sorted(shapes.items()))
+
+
 def drafting_plans(max_masks: int) -> Iterator[SpaceLayoutPlan]:
     """Every plan that drafts: each mask count up to `max_masks` with each subset of groups (group 0 always)."""
     for num_masks in range(1, max_masks + 1):
@@ -114,12 +144,16 @@ def drafting_plans(max_masks: int) -> Iterator[SpaceLayoutPlan]:
                 yield SpaceLayoutPlan(num_masks, (0, *extra))
 
 
-def choose_plan(max_masks: int, alphas: Sequence[float], cost: Callable[[int], float]) -> SpaceLayoutPlan:
-    """The plan with the highest expected speedup: every drafting plan, and no drafting at all (where every layout
-    costs more than it gains, as an untrained adapter on a CPU)."""
+def choose_plan(
+    max_masks: int, rate_sets: Sequence[Sequence[float]], cost: Callable[[int], float]
+) -> SpaceLayoutPlan:
+    """The plan with the highest `typical_speedup` over the kinds of prompt in `rate_sets`: every drafting plan,
+    and no drafting at all (where every layout costs more than it gains, as an untrained adapter on a CPU)."""
+    if not rate_sets:
+        raise ValueError("`rate_sets` should hold at least one list of acceptance rates.")
     best, best_speedup = SpaceLayoutPlan(0, ()), 1.0
     for plan in drafting_plans(max_masks):
-        speedup = expected_speedup(plan, alphas, cost)
+        speedup = typical_speedup(plan, rate_sets, cost)
         if speedup > best_speedup + 1e-12:
             best, best_speedup = plan, speedup
     return best

@@ -91,6 +91,7 @@ def load_space_adapter(folder: str | Path, model=None, tokenizer=None, **from_pr
             f"trained with {saved.mask_token_id}: load the adapter onto its own base model."
         )
     space_config.acceptance_rates = saved.acceptance_rates  # measured with these adapter weights
+    space_config.acceptance_rates_by_kind = saved.acceptance_rates_by_kind
     space_config.save_to(model)
     weights = load_file(folder / ADAPTER_WEIGHTS)
     expected = {name for name in model.state_dict() if ".space_" in name}

@@ -165,7 +165,8 @@ def check_checkpoint_settings(checkpoint: str, space_config: SpaceConfig) -> Non
         with open(path) as handle:
             saved = json.load(handle)
     saved_config = SpaceConfig.from_dict(saved)
-    names = tuple(name for name in space_config.to_dict() if name not in ("version", "acceptance_rates"))
+    measured = ("version", "acceptance_rates", "acceptance_rates_by_kind")  # may differ: not training settings
+    names = tuple(name for name in space_config.to_dict() if name not in measured)
     differences = saved_config.differences(space_config, names)
     if differences:
         changes = ", ".join(f"{name}: checkpoint {old!r}, now {new!r}" for name, (old, new) in differences.items())
