@@ -16,7 +16,8 @@ import torch
 import transformers
 from tiny_models import random_prompts, tiny_model
 
-from transformers_space import add_space_support
+from transformers_space import SpaceConfig, add_space_support
+from transformers_space.decoding.autotune import calibrate_acceptance
 from transformers_space.hub import AutoSpaceModelForCausalLM, export, push_to_hub
 
 REMOTE_SCRIPT = r"""
@@ -42,7 +43,11 @@ via_custom = GenerationMixin.generate(
     model, input_ids=prompt, do_sample=False, custom_generate=folder, trust_remote_code=True, **common
 )
 plain = model.generate(input_ids=prompt, do_sample=False, use_space=False, max_new_tokens=24)
+# `auto` measures this machine's passes through the remote code and plans with the saved per-kind rates
+auto = model.generate(input_ids=prompt, do_sample=False, use_space=True, num_mask_tokens="auto", **common)
 print(json.dumps({
+    "auto": auto.sequences.tolist(), "auto_layout": auto.space_layout,
+    "rates_by_kind": model.config.space_config["acceptance_rates_by_kind"],
     "class": type(model).__name__,
     "greedy": greedy.sequences.tolist(), "greedy_passes": greedy.tokens_per_pass,
     "sampled": sampled.sequences.tolist(), "sampled_passes": sampled.tokens_per_pass,
@@ -87,6 +92,7 @@ def space_models():
 @pytest.mark.parametrize("kind", ["plain-llama", "gated-qwen2", "gpt2", "gated-head-qwen2"])
 def test_remote_code_load_without_the_package_matches(kind, tmp_path):
     model = space_models()[kind]
+    calibrate_acceptance(model, [random_prompts(1, 5, s) for s in range(2)], max_new_tokens=12, kinds=["code", "chat"])
     folder = tmp_path / "repo"
     model.save_pretrained(folder)
     prompt = random_prompts(2, 6, 0)
@@ -101,6 +107,8 @@ def test_remote_code_load_without_the_package_matches(kind, tmp_path):
     assert remote["greedy_passes"] == greedy.tokens_per_pass == remote["custom_passes"]
     assert remote["sampled"] == sampled.sequences.tolist()
     assert remote["sampled_passes"] == sampled.tokens_per_pass
+    assert remote["auto"] == remote["plain"] and remote["auto_layout"]["kernels"]
+    assert remote["rates_by_kind"] == SpaceConfig.of(model).acceptance_rates_by_kind
 
 
 def test_saved_folder_is_a_hub_repo(tmp_path):
