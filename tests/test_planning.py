@@ -175,7 +175,7 @@ def test_auto_measures_calibrates_and_chooses(caplog):
     assert len(rates) == 3 and model.config.space_config["acceptance_rates"] == rates
     with caplog.at_level("INFO"):
         plan = auto_plan(model)
-    assert "SPACE layout chosen" in caplog.text
+    assert "SPACE layout chosen" in caplog.text and "timing this machine's SPACE passes" in caplog.text
     prompt = random_prompts(1, 6, 9)
     plain = model.generate(prompt, max_new_tokens=20, do_sample=False)
     out = model.generate(prompt, max_new_tokens=20, do_sample=False, use_space=True, num_mask_tokens="auto",

@@ -160,9 +160,14 @@ def auto_plan(model) -> SpaceLayoutPlan:
         return SpaceLayoutPlan.full(num_mask_tokens)
     rates_by_kind = space_config.acceptance_rates_by_kind or {"all prompts": rates}
     if getattr(model, "_space_pass_costs", None) is None:  # {kernels name: {tokens: seconds}}
+        logger.info("num_mask_tokens='auto': timing this machine's SPACE passes (once per model object)...")
+        start = time.perf_counter()
         model._space_pass_costs = {
             name: measure_pass_costs(model, kernels=kernels) for name, kernels in PASS_KERNELS.items()
         }
+        sizes = len(model._space_pass_costs[PassKernels.name])
+        logger.info("Timed %d pass sizes under %d kernel sets in %.1f s.", sizes, len(PASS_KERNELS),
+                    time.perf_counter() - start)
     costs = {name: cost_function(measured) for name, measured in model._space_pass_costs.items()}
     plain_cost = costs[PassKernels.name](1)  # plain decoding runs 1-token passes through transformers' own modules
 
