@@ -94,6 +94,27 @@ def test_decoding_path_matches_training_path(arch, adapters_per_layer, products_
     assert torch.equal(fast[:, :6], base_logits[:, :6])
 
 
+def test_half_precision_adapters_take_fp32_products_on_a_cpu():
+    """On a CPU a bf16 product of a few rows costs several times an fp32 one, so the decoding path computes the
+    low-rank products in fp32 there: the mask rows get the same deltas to bf16 rounding, every other row is the bf16
+    base model's, bit for bit."""
+    model = gated_model("llama", seed=3).to(torch.bfloat16)
+    mask_id = model.config.space_config["mask_token_id"]
+    ids = random_prompts(2, 9, seed=3)
+    ids[:, 6:9] = mask_id
+    with torch.no_grad(), decoding_products(model):
+        fast = model(ids).logits.float()
+    adapters = [layer.space_adapter for layer in model.get_input_embeddings().space_mask.positions.layers]
+    assert all(adapter.prepared.scaled_b_t.dtype == torch.float32 for adapter in adapters)
+    with torch.enable_grad():
+        bf16_path = model(ids).logits.detach().float()  # the training path, products in bf16
+    base = remove_gated_adapters(copy.deepcopy(model))
+    with torch.no_grad():
+        assert torch.equal(fast[:, :6], base(ids).logits.float()[:, :6])
+    assert not torch.allclose(fast[:, 6:], base(ids).logits.float()[:, 6:], atol=1e-2), "the adapters did nothing"
+    assert torch.allclose(fast, bf16_path, atol=0.1, rtol=0.05)  # the same deltas, to bf16 rounding
+
+
 def test_layers_fed_other_inputs_compute_their_own_product():
     """The shared product is reused only for the very tensor it was computed from."""
     model = gated_model("llama", seed=0)

@@ -34,7 +34,7 @@ off, the model not training, every row's masks in the same contiguous columns, a
 `mask_column_span`), each adapter reads pre-transposed, pre-scaled copies of its weights; adapters whose layers
 read the same input (q/k/v, gate/up: `SHARED_INPUT_TARGETS`) share one product with their stacked A matrices;
 and the delta is added in place on the mask columns with one `addmm_`/`baddbmm_` instead of advanced indexing
-and `index_put` on a copy.
+and `index_put` on a copy. Half-precision adapters on a CPU get fp32 copies (`decoding_product_dtype`).
 
 Threads: what a forward records (its mask positions, the shared products of its inputs, whether the fast path
 is open) is kept per thread, so several threads may run plain and SPACE forwards of one gated model at once
@@ -254,7 +254,7 @@ class SharedLowRank:
         last = cache.get(id(self))
         if last is None or last[0] is not hidden:
             rows = hidden[0, start:stop] if hidden.shape[0] == 1 else hidden[:, start:stop]
-            product = torch.matmul(rows, self.stacked_a_t)
+            product = torch.matmul(rows.to(self.stacked_a_t.dtype), self.stacked_a_t)
             last = (hidden, product.split(self.ranks, dim=-1) if len(self.ranks) > 1 else (product,))
             cache[id(self)] = last
         return last[1]
@@ -281,10 +281,14 @@ def _add_gated_delta(module: nn.Module, args: tuple, output: torch.Tensor) -> to
         )
     prepared = adapter.prepared
     if (state.decoding and state.span is not None and not (torch.is_grad_enabled() or adapter.training)
-            and hidden.dtype == output.dtype == prepared.scaled_b_t.dtype):
+            and hidden.dtype == output.dtype):
         start, stop = state.span  # decoding: see the module docstring
         low_rank = prepared.shared.parts_for(hidden, start, stop, state)[prepared.member]
-        if hidden.shape[0] == 1:
+        if prepared.scaled_b_t.dtype != output.dtype:  # half precision on a CPU: products in fp32, see above
+            delta = torch.matmul(low_rank, prepared.scaled_b_t).to(output.dtype)
+            target = output[0, start:stop] if hidden.shape[0] == 1 else output[:, start:stop]
+            target.add_(delta)
+        elif hidden.shape[0] == 1:
             output[0, start:stop].addmm_(low_rank, prepared.scaled_b_t)
         else:
             output[:, start:stop].baddbmm_(low_rank, prepared.scaled_b_t.expand(hidden.shape[0], -1, -1))
@@ -333,16 +337,29 @@ def weights_fingerprint(weights: list[torch.Tensor]) -> tuple:
     return tuple(w.data_ptr() for w in weights), tuple(sums.flatten().tolist())
 
 
+def decoding_product_dtype(weight: torch.Tensor) -> torch.dtype:
+    """The dtype of the decoding path's low-rank products: fp32 for half-precision adapters on a CPU.
+
+    Why: there a bf16 product of a few rows costs several times an fp32 one (BENCHMARKS.md, "Gated adapters'
+    products in fp32 on a CPU": on Qwen2.5-Coder-0.5B in bf16 the adapters took ~24 ms of a ~97 ms pass). Only
+    the mask rows' deltas change, and by less than bf16 rounding of the same products; the rows that verify are
+    the base model's either way."""
+    if weight.device.type == "cpu" and weight.dtype in (torch.bfloat16, torch.float16):
+        return torch.float32
+    return weight.dtype
+
+
 def _prepare_decoding_products(positions: MaskPositions) -> None:
     positions.shared_products = []
     with torch.no_grad():
         for group in positions.shared_input_groups:
             adapters = [layer.space_adapter for layer in group]
-            stacked_a_t = torch.cat([adapter.lora_A.weight for adapter in adapters]).t().contiguous()
+            dtype = decoding_product_dtype(adapters[0].lora_A.weight)
+            stacked_a_t = torch.cat([adapter.lora_A.weight for adapter in adapters]).t().to(dtype).contiguous()
             shared = SharedLowRank(stacked_a_t, [adapter.lora_A.weight.shape[0] for adapter in adapters])
             positions.shared_products.append(shared)
             for member, adapter in enumerate(adapters):
-                scaled_b_t = (adapter.lora_B.weight.t() * adapter.scaling).contiguous()
+                scaled_b_t = (adapter.lora_B.weight.t().to(dtype) * adapter.scaling).contiguous()
                 adapter.prepared = PreparedDelta(shared, member, scaled_b_t)
 
 
