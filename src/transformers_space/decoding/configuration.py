@@ -130,8 +130,8 @@ class SpaceConfig:
         init=False,
         metadata={
             "help": "Measured, not set by hand: `acceptance_rates` per kind of calibration prompt (e.g. code and "
-            "chat). Where present, `num_mask_tokens='auto'` plans for all kinds at once (`planning.choose_plan`) "
-            "instead of for their pooled rates, which favour layouts that pay only on the easier kind."
+            "chat). Where present, `num_mask_tokens='auto'` plans for all kinds at once: the layout with the best "
+            "geometric mean of the kinds' expected speed-ups (`planning.choose_plan`)."
         },
     )
     version: int = field(default=SPACE_CONFIG_VERSION, init=False, metadata={"help": "Format version."})

@@ -342,8 +342,7 @@ def decoding_product_dtype(weight: torch.Tensor) -> torch.dtype:
 
     Why: there a bf16 product of a few rows costs several times an fp32 one (BENCHMARKS.md, "Gated adapters'
     products in fp32 on a CPU": on Qwen2.5-Coder-0.5B in bf16 the adapters took ~24 ms of a ~97 ms pass). Only
-    the mask rows' deltas change, and by less than bf16 rounding of the same products; the rows that verify are
-    the base model's either way."""
+    the mask rows' deltas change, by about bf16 rounding; the rows that verify are the base model's either way."""
     if weight.device.type == "cpu" and weight.dtype in (torch.bfloat16, torch.float16):
         return torch.float32
     return weight.dtype

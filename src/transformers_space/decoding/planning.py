@@ -110,10 +110,10 @@ def typical_speedup(plan: SpaceLayoutPlan, rate_sets: Sequence[Sequence[float]],
     """Geometric mean over kinds of prompt (one set of acceptance rates each, e.g. code and chat) of the expected
     speedup.
 
-    Why not the speedup at the pooled rates: one layout serves every prompt, and the one that is best at the mean
-    rates spends them on masks that pay only on the easy prompts; where prompts accept less than the mean it loses
-    more than it gained. The geometric mean weighs a 10% loss on one kind against a 10% gain on another, and a
-    layout that drafts nothing scores 1 on every kind."""
+    Why per kind: one layout serves every prompt, and a user's prompts tend to be of one kind, so a layout is scored
+    by what each kind gets from it, not by what the pooled rates would get. The geometric mean weighs a 10% loss on
+    one kind against a 10% gain on another; a layout that drafts nothing scores 1 on every kind. Measured, it
+    rarely picks another layout than the pooled rates do (BENCHMARKS.md, "Pass costs as decoding runs them")."""
     product = 1.0
     for alphas in rate_sets:
         product *= expected_speedup(plan, alphas, cost)
@@ -126,8 +126,8 @@ def pass_shapes(max_masks: int) -> dict[int, tuple[int, int, int]]:
     several shapes share a token count, the one with the most masks per group: it drafts the most, the dearest.
 
     Why: `autotune.measure_pass_costs` times a pass of each of these shapes, so that the costs the plan is chosen
-    with are those of passes it will run, not interpolated across a jump (a pass of 17 tokens cost 10% more than
-    one of 16 on a 2-core Xeon in bf16, BENCHMARKS.md)."""
+    with are those of passes it will run, not interpolated across a jump (a pass of 17 tokens cost about 8% more
+    than one of 16 on a 2-core Xeon in bf16, BENCHMARKS.md)."""
     shapes: dict[int, tuple[int, int, int]] = {}
     for num_masks in range(1, max_masks + 1):
         for candidates in range(num_masks + 1):
