@@ -182,9 +182,11 @@ def auto_plan(model) -> SpaceLayoutPlan:
         if speedup_of(candidate, rate_sets) > speedup + 1e-12:
             plan, speedup = candidate, speedup_of(candidate, rate_sets)
     by_kind = {kind: round(speedup_of(plan, [kind_rates]), 2) for kind, kind_rates in rates_by_kind.items()}
-    if plan.groups and speedup < AUTO_MIN_EXPECTED_SPEEDUP:
+    # also a draft-less plan on other kernels: a 1-token pass timed a few percent faster under them is noise as often
+    # as not (SmolLM2 in fp32: weights-first 8% faster in one timing, 25% slower in another)
+    if plan != SpaceLayoutPlan(0, ()) and speedup < AUTO_MIN_EXPECTED_SPEEDUP:
         logger.info("Best SPACE layout %s is expected at only %.2fx of plain decoding (below %.2fx; per kind of "
-                    "prompt %s): not drafting.", plan.to_dict(), speedup, AUTO_MIN_EXPECTED_SPEEDUP, by_kind)
+                    "prompt %s): plain decoding.", plan.to_dict(), speedup, AUTO_MIN_EXPECTED_SPEEDUP, by_kind)
         plan, speedup, by_kind = SpaceLayoutPlan(0, ()), 1.0, dict.fromkeys(by_kind, 1.0)
     logger.info("SPACE layout chosen for this machine: %s (expected speedup %.2fx; per kind of prompt %s)",
                 plan.to_dict(), speedup, by_kind)
