@@ -62,7 +62,8 @@ def measure_pass_costs(
 
 
 def _measure_pass_costs(model, context_length, repeats, kernels) -> dict[int, float]:
-    mask_token_id = SpaceConfig.of(model).mask_token_id
+    space_config = SpaceConfig.of(model)
+    mask_token_id = space_config.mask_token_id
     device = model.get_input_embeddings().weight.device
     generator = torch.Generator().manual_seed(0)
 
@@ -77,24 +78,25 @@ def _measure_pass_costs(model, context_length, repeats, kernels) -> dict[int, fl
     fresh_positions = torch.full((1, 1), context_length, device=device)
     draft_head = draft_head_of(model)
     head_drafting = None if draft_head is None else RestrictedDrafting(model, draft_head)
-    shapes = {1: (0, 0, 0), **pass_shapes(SpaceConfig.of(model).num_mask_tokens)}
-    layouts = {
-        count: (num_masks, build_pass_layout(random_ids(1), fresh_positions, random_ids(candidates), cache_positions,
-                                             mask_token_id, max(num_masks, 1), list(range(groups))))
+    shapes = {1: (0, 0, 0), **pass_shapes(space_config.num_mask_tokens)}
+    passes = {  # count -> (masks per group, layout, drafter: None for the plain 1-token pass)
+        count: (max(num_masks, 1),
+                build_pass_layout(random_ids(1), fresh_positions, random_ids(candidates), cache_positions,
+                                  mask_token_id, max(num_masks, 1), list(range(groups))),
+                SpaceCandidateGenerator(mask_token_id, num_masks, draft_head=head_drafting) if num_masks else None)
         for count, (num_masks, candidates, groups) in shapes.items()
     }
-    timings: dict[int, list[float]] = {count: [] for count in layouts}
+    timings: dict[int, list[float]] = {count: [] for count in passes}
     with kernels.around_generate(model):
         for round_index in range(repeats + 1):  # round 0 warms up
-            for count, (num_masks, layout) in layouts.items():
+            for count, (group_size, layout, drafter) in passes.items():
                 start = time.perf_counter()
-                with kernels.around_pass(model), masks_per_group(model, max(num_masks, 1)):
+                with kernels.around_pass(model), masks_per_group(model, group_size):
                     hidden = forward_block(model, layout, cache, cache_positions)
                     logits = PassLogits(head, hidden, layout)
                     logits.verify().argmax(-1)
-                    if num_masks:
+                    if drafter is not None:
                         rows = layout.group_rows[-1:]
-                        drafter = SpaceCandidateGenerator(mask_token_id, num_masks, draft_head=head_drafting)
                         drafter.set_draft_logits(logits.drafts(rows), logits.hidden_at(rows), layout.input_ids[:, 0])
                         drafter.get_candidates(context)
                 if round_index:
@@ -179,8 +181,9 @@ def auto_plan(model) -> SpaceLayoutPlan:
     plan, speedup = SpaceLayoutPlan(0, ()), 1.0
     for name, cost in costs.items():
         candidate = replace(choose_plan(num_mask_tokens, rate_sets, cost), kernels=name)
-        if speedup_of(candidate, rate_sets) > speedup + 1e-12:
-            plan, speedup = candidate, speedup_of(candidate, rate_sets)
+        candidate_speedup = speedup_of(candidate, rate_sets)
+        if candidate_speedup > speedup + 1e-12:
+            plan, speedup = candidate, candidate_speedup
     by_kind = {kind: round(speedup_of(plan, [kind_rates]), 2) for kind, kind_rates in rates_by_kind.items()}
     # also a draft-less plan on other kernels: a 1-token pass timed a few percent faster under them is noise as often
     # as not (SmolLM2 in fp32: weights-first 8% faster in one timing, 25% slower in another)

@@ -21,7 +21,7 @@ import os
 import torch
 from transformers import PreTrainedModel
 
-from ..decoding.configuration import SpaceConfig
+from ..decoding.configuration import MEASURED_FIELDS, SpaceConfig
 from ..decoding.draft_head import draft_head_of
 from ..decoding.gated import GatedLoraAdapter, default_target_modules, gated_parameters, has_gated_adapters
 from ..modeling import add_space_support
@@ -165,7 +165,7 @@ def check_checkpoint_settings(checkpoint: str, space_config: SpaceConfig) -> Non
         with open(path) as handle:
             saved = json.load(handle)
     saved_config = SpaceConfig.from_dict(saved)
-    measured = ("version", "acceptance_rates", "acceptance_rates_by_kind")  # may differ: not training settings
+    measured = [name for name in MEASURED_FIELDS if name != "mask_token_id"]  # may differ; the mask id must not
     names = tuple(name for name in space_config.to_dict() if name not in measured)
     differences = saved_config.differences(space_config, names)
     if differences:
