@@ -212,10 +212,11 @@ def test_calibration_per_kind_of_prompt_and_auto_plans_for_every_kind(caplog, tm
     assert "'easy':" in caplog.text and "'hard':" in caplog.text  # the expected speed-up of each kind is logged
 
 
-@pytest.mark.parametrize("other_kernels_one_token, expected_kernels", [(0.95, "linear"), (0.7, "weights_first")])
-def test_auto_changes_plain_decodings_kernels_only_for_a_clear_gain(other_kernels_one_token, expected_kernels):
-    """Where no layout drafts profitably, `auto` runs plain decoding, under other kernels only when their 1-token
-    pass is clearly faster: a few percent is timing noise."""
+@pytest.mark.parametrize("other_kernels_one_token", [0.95, 0.7])
+def test_auto_never_moves_plain_decoding_to_other_kernels(other_kernels_one_token):
+    """Where no layout drafts profitably, `auto` runs plain decoding on its own kernels, however much faster another
+    kernel set's 1-token pass was timed: that is a matrix-vector product either way, and its timings differ by
+    noise (17% in one timing of Qwen2.5-Coder in fp32)."""
     from transformers_space.decoding.kernels import PASS_KERNELS
 
     model = tiny_model("llama", seed=0, num_mask_tokens=1)
@@ -225,7 +226,7 @@ def test_auto_changes_plain_decodings_kernels_only_for_a_clear_gain(other_kernel
     tokens = (1, *pass_shapes(1))
     model._space_pass_costs = {name: {t: 1.0 + 0.5 * (t > 1) for t in tokens} for name in PASS_KERNELS}
     model._space_pass_costs["weights_first"] = {t: other_kernels_one_token * (1.0 + 0.5 * (t > 1)) for t in tokens}
-    assert auto_plan(model) == SpaceLayoutPlan(0, (), kernels=expected_kernels)
+    assert auto_plan(model) == SpaceLayoutPlan(0, ())
 
 
 def test_auto_drafts_only_for_a_clear_expected_gain(caplog):
