@@ -210,8 +210,10 @@ def test_export_adapter_only_command_line(tmp_path):
     tokenizer.save_pretrained(tmp_path / "trained")
     command = ["transformers-space", "export", "--model", str(tmp_path / "trained"), "--output-dir"]
     done = subprocess.run([*command, str(tmp_path / "adapter"), "--adapter-only", "--base-model",
-                           str(tmp_path / "base"), "--dtype", "bfloat16"], capture_output=True, text=True, timeout=300)
+                           str(tmp_path / "base"), "--dtype", "bfloat16", "--max-shard-size", "1KB"],
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
+    assert len(list((tmp_path / "adapter").glob("space_adapter-*-of-*.safetensors"))) > 1
     loaded, _ = load_space_adapter(tmp_path / "adapter")
     assert_adapter_stored_in_bf16(loaded, model)
     refused = subprocess.run([*command, str(tmp_path / "a2"), "--adapter-only"], capture_output=True, text=True,
@@ -321,6 +323,37 @@ def test_gated_adapter_alone_round_trip(tmp_path, per_position):
     assert_adapter_stored_in_bf16(small, model)
     with pytest.raises(TypeError, match="floating torch.dtype"):
         save_space_adapter(model, tmp_path / "nope", dtype="bf16")
+
+
+def test_gated_adapter_saves_in_shards(tmp_path):
+    """`max_shard_size` splits the adapter as `save_pretrained` splits a checkpoint; it loads back exactly, a new
+    save replaces the old files, and a missing shard is named."""
+    from transformers_space.hub import load_space_adapter, save_space_adapter
+    from transformers_space.hub.adapter import ADAPTER_WEIGHTS_INDEX
+
+    model, _ = gated_model_on_saved_base(tmp_path / "base", draft_head_width=48)
+    adapter_bytes = sum(t.nbytes for name, t in model.state_dict().items() if ".space_" in name)
+    folder = save_space_adapter(model, tmp_path / "adapter", base_model=str(tmp_path / "base"),
+                                max_shard_size=adapter_bytes // 3)
+    shards = sorted(p.name for p in folder.glob("space_adapter-*.safetensors"))
+    assert len(shards) >= 3 and all(p.stat().st_size <= adapter_bytes // 3 + 4096 for p in folder.glob("*-of-*"))
+    weight_map = json.loads((folder / ADAPTER_WEIGHTS_INDEX).read_text())["weight_map"]
+    assert sorted(set(weight_map.values())) == shards
+    assert any("space_draft_head" in name for name in weight_map)
+    loaded, _ = load_space_adapter(folder)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, loaded.state_dict()[name]), name
+
+    (folder / shards[1]).unlink()
+    with pytest.raises(ValueError, match=shards[1]):
+        load_space_adapter(folder)
+    with pytest.raises(ValueError, match="Unit"):  # a bad size is refused before the old files are touched
+        save_space_adapter(model, folder, max_shard_size="3 bananas")
+    assert (folder / ADAPTER_WEIGHTS_INDEX).is_file()
+    save_space_adapter(model, folder, base_model=str(tmp_path / "base"))  # one file again: the shards go
+    assert sorted(p.name for p in folder.iterdir()) == ["space_adapter.safetensors", "space_adapter_config.json"]
+    assert torch.equal(load_space_adapter(folder)[0].state_dict()["lm_head.space_draft_head.up.weight"],
+                       model.state_dict()["lm_head.space_draft_head.up.weight"])
 
 
 def gated_model_on_saved_base(folder, **options):

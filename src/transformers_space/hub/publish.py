@@ -31,13 +31,15 @@ def export(
     dtype: str | None = None,
     pard_token_id: int | None = None,
     target_vocab_size: int | None = None,
+    max_shard_size: int | str | None = None,
 ) -> Path:
     """Write a Hub-ready folder for the SPACE model in `model_dir` (tokenizer included when present).
 
     A LoRA run (a peft adapter folder) is merged into its base first, since the Hub folder must load with
     transformers alone. `for_vllm`: a plain folder vLLM serves as a parallel drafter instead (`_save_for_vllm`).
     `adapter_only`: a gated model's adapter alone (`save_space_adapter`: a few MB, loaded onto `base_model`,
-    stored in `dtype`, e.g. "bfloat16").
+    stored in `dtype`, e.g. "bfloat16"). `max_shard_size` (e.g. "20MB") splits the weights into shards, as
+    `save_pretrained` does, for the Hub folder or the adapter.
     """
     from transformers import AutoTokenizer
 
@@ -57,17 +59,20 @@ def export(
 
     if for_vllm and adapter_only:
         raise ValueError("Choose one of `for_vllm` and `adapter_only`.")
+    if for_vllm and max_shard_size is not None:
+        raise ValueError("`max_shard_size` applies to the Hub folder and to `adapter_only`, not to `for_vllm`.")
     if for_vllm:
         _save_for_vllm(model, output_dir, pard_token_id, target_vocab_size)
     elif adapter_only:
         from .adapter import save_space_adapter
 
-        save_space_adapter(model, output_dir, base_model=base_model, dtype=_torch_dtype(dtype))
+        save_space_adapter(model, output_dir, base_model=base_model, dtype=_torch_dtype(dtype),
+                           max_shard_size=max_shard_size)
         return output_dir  # the adapter loads with its base's tokenizer
     else:
         if repo_id:  # the card's usage snippet names the repo
             write_model_card(model.config, output_dir, repo_id=repo_id)
-        model.save_pretrained(output_dir)
+        model.save_pretrained(output_dir, **({"max_shard_size": max_shard_size} if max_shard_size else {}))
     try:
         AutoTokenizer.from_pretrained(model_dir).save_pretrained(output_dir)
     except (OSError, ValueError) as error:
@@ -227,6 +232,9 @@ def add_parser(subparsers):
                         "with --adapter-only.")
     parser.add_argument("--dtype", choices=["bfloat16", "float16", "float32"],
                         help="With --adapter-only: storage dtype of the adapter weights (bfloat16 halves the size).")
+    parser.add_argument("--max-shard-size",
+                        help="Split the weights into files of at most this size (e.g. '20MB'), as save_pretrained "
+                        "does; for the Hub folder or --adapter-only.")
     return parser
 
 
@@ -237,7 +245,8 @@ def run(args) -> int:
         raise SystemExit("export: --base-model and --dtype apply to --adapter-only.")
     folder = export(args.model, args.output_dir, repo_id=args.push_to_hub, for_vllm=args.for_vllm,
                     adapter_only=args.adapter_only, base_model=args.base_model, dtype=args.dtype,
-                    pard_token_id=args.pard_token_id, target_vocab_size=args.target_vocab_size)
+                    pard_token_id=args.pard_token_id, target_vocab_size=args.target_vocab_size,
+                    max_shard_size=args.max_shard_size)
     kind = "vLLM parallel-drafter" if args.for_vllm else "Gated adapter" if args.adapter_only else "Hub-ready SPACE"
     print(f"{kind} {'' if args.adapter_only else 'model '}written to {folder}")
     if args.push_to_hub:
