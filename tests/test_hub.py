@@ -147,6 +147,21 @@ def test_package_classes_load_the_folder(tmp_path):
     assert torch.equal(model.generate(prompt, **kwargs), loaded.generate(prompt, **kwargs))
 
 
+def test_export_in_shards_loads_back(tmp_path):
+    """`export(max_shard_size=...)`: the Hub folder in shards, as `save_pretrained` writes them, loads back whole
+    (head and adapters included); a vLLM folder refuses the option before any work."""
+    model = space_models()["gated-head-qwen2"]
+    model.save_pretrained(tmp_path / "trained")
+    out = export(tmp_path / "trained", tmp_path / "export", max_shard_size="20KB")
+    assert (out / "model.safetensors.index.json").is_file() and len(list(out.glob("model-*-of-*.safetensors"))) > 1
+    loaded = AutoSpaceModelForCausalLM.from_pretrained(out).eval()
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, loaded.state_dict()[name]), name
+    with pytest.raises(ValueError, match="not to `for_vllm`"):
+        export(tmp_path / "trained", tmp_path / "vllm", for_vllm=True, max_shard_size="20KB")
+    assert not (tmp_path / "vllm").exists()
+
+
 def test_export_and_push_fail_fast_offline(tmp_path, monkeypatch):
     model = space_models()["plain-llama"]
     model.save_pretrained(tmp_path / "trained")

@@ -48,6 +48,11 @@ def export(
         raise ValueError(f"{model_dir} holds no model (no config.json or adapter_config.json); pass a saved model.")
     if output_dir.resolve() == model_dir.resolve():
         raise ValueError("`output_dir` must differ from `model_dir`: export writes a fresh folder.")
+    if for_vllm and adapter_only:
+        raise ValueError("Choose one of `for_vllm` and `adapter_only`.")
+    if for_vllm and max_shard_size is not None:
+        raise ValueError("`max_shard_size` applies to the Hub folder and to `adapter_only`, not to `for_vllm`.")
+    storage_dtype = _torch_dtype(dtype)
     model = _load_mergeable(model_dir)
     if not SpaceConfig.is_set(model):
         raise ValueError(
@@ -57,16 +62,12 @@ def export(
     output_dir.mkdir(parents=True, exist_ok=True)
     from ..decoding.remote_code import write_model_card
 
-    if for_vllm and adapter_only:
-        raise ValueError("Choose one of `for_vllm` and `adapter_only`.")
-    if for_vllm and max_shard_size is not None:
-        raise ValueError("`max_shard_size` applies to the Hub folder and to `adapter_only`, not to `for_vllm`.")
     if for_vllm:
         _save_for_vllm(model, output_dir, pard_token_id, target_vocab_size)
     elif adapter_only:
         from .adapter import save_space_adapter
 
-        save_space_adapter(model, output_dir, base_model=base_model, dtype=_torch_dtype(dtype),
+        save_space_adapter(model, output_dir, base_model=base_model, dtype=storage_dtype,
                            max_shard_size=max_shard_size)
         return output_dir  # the adapter loads with its base's tokenizer
     else:
