@@ -20,6 +20,7 @@ from ..modeling import add_space_support
 
 ADAPTER_WEIGHTS = "space_adapter.safetensors"
 ADAPTER_WEIGHTS_INDEX = ADAPTER_WEIGHTS + ".index.json"  # present when the weights are sharded
+ADAPTER_SHARD_PATTERN = ADAPTER_WEIGHTS.replace(".safetensors", "{suffix}.safetensors")  # suffix "": one file
 ADAPTER_CONFIG = "space_adapter_config.json"
 SHIPPED_ADAPTER = "smollm2-135m-space-gated"  # in hub_configs/: the default model's trained adapter
 DEFAULT_BASE = "transformers-space:default"  # the offline SmolLM2-135M-Instruct of `assets.py`
@@ -69,11 +70,11 @@ def save_space_adapter(
         for name, tensor in model.state_dict().items() if ".space_" in name
     }
     split = split_torch_state_dict_into_shards(  # one file unless `max_shard_size` asks for shards
-        weights, filename_pattern=ADAPTER_WEIGHTS.replace(".safetensors", "{suffix}.safetensors"),
+        weights, filename_pattern=ADAPTER_SHARD_PATTERN,
         max_shard_size=max_shard_size if max_shard_size is not None else sum(
             tensor.nbytes for tensor in weights.values()),
     )
-    for stale in [*folder.glob("space_adapter*.safetensors"), folder / ADAPTER_WEIGHTS_INDEX]:
+    for stale in [*folder.glob(ADAPTER_SHARD_PATTERN.format(suffix="*")), folder / ADAPTER_WEIGHTS_INDEX]:
         stale.unlink(missing_ok=True)
     for filename, names in split.filename_to_tensors.items():
         save_file({name: weights[name] for name in names}, folder / filename, metadata={"format": "pt"})
