@@ -57,7 +57,7 @@ def collect(model, tokenizer, rows: list[dict], blocks: int) -> dict[str, torch.
         for batch in trainer.get_eval_dataloader():
             inputs = trainer._prepare_inputs(batch)
             heads.clear(), bodies.clear()
-            _, targets, is_mask, teacher, _ = trainer._gated_forward(model, inputs)
+            _, targets, is_mask, teacher, _, _ = trainer._gated_forward(model, inputs)
             chosen = is_mask & (targets != IGNORE)
             place = mask_index_in_block(is_mask, k)
             last = inputs["input_ids"].shape[1] - 1

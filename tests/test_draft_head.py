@@ -8,6 +8,7 @@ import random
 
 import pytest
 import torch
+import torch.nn.functional as F
 from test_gated import gated_model
 from test_lossless import assert_lossless
 from test_sampling import draw, position_pvalues, sharp_model
@@ -28,7 +29,7 @@ from transformers_space.decoding.draft_head import (
     conditioned_logits,
     draft_head_of,
 )
-from transformers_space.decoding.gated import remove_gated_adapters
+from transformers_space.decoding.gated import gated_parameters, remove_gated_adapters
 from transformers_space.decoding.planning import pass_shapes
 from transformers_space.hub import load_space_adapter, save_space_adapter
 from transformers_space.training import SpaceTrainer
@@ -205,9 +206,48 @@ def test_head_training_moves_only_the_head_and_scores_with_it(gated_base, tmp_pa
     model = trainer.model.eval()
     inputs = trainer._prepare_inputs(next(iter(trainer.get_eval_dataloader())))
     with torch.no_grad():
-        logits, _, is_mask, _, outputs = trainer._gated_forward(model, inputs)
+        logits, _, is_mask, _, outputs, _ = trainer._gated_forward(model, inputs)
     assert not torch.allclose(logits[is_mask], outputs.logits[is_mask])  # the head's, not the masks' own
     assert torch.equal(logits[~is_mask], outputs.logits[~is_mask])
+
+
+def test_the_adapter_can_train_with_the_head(gated_base, tmp_path):
+    """draft_head_trains_adapter: head, adapters and mask embedding all move (nothing of the base does), and the
+    loss adds the masks' own logits' loss (they pick the head's candidates in decoding) to the head's."""
+    config = SpaceConfig(num_mask_tokens=4, mode="gated", draft_head_width=32, draft_head_trains_adapter=True)
+    trainer = SpaceTrainer(
+        model=copy.deepcopy(gated_base), args=training_args(tmp_path, 2, warmup_steps=0),
+        train_dataset=toy_rows(32, seed=3), space_config=config,
+    )
+    trainable = {name for name, p in trainer.model.named_parameters() if p.requires_grad}
+    assert {name for name in trainable if "space_draft_head" in name} == {
+        name for name, _ in trainer.model.named_parameters() if "space_draft_head" in name}
+    assert any("lora_A" in name for name in trainable) and any("lora_B" in name for name in trainable)
+    assert trainable == {name for name, p in trainer.model.named_parameters()
+                         if "space_draft_head" in name or id(p) in {id(q) for q in gated_parameters(trainer.model)}}
+
+    model = trainer.model.train()
+    inputs = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    logits, targets, is_mask, _, outputs, candidates = trainer._gated_forward(model, inputs)
+    assert torch.equal(candidates, outputs.logits)
+    sar = is_mask & (targets != -100)
+    expected = (F.cross_entropy(logits[sar].float(), targets[sar], reduction="sum")
+                + F.cross_entropy(candidates[sar].float(), targets[sar], reduction="sum")) / sar.sum()
+    torch.testing.assert_close(trainer.compute_loss(model, inputs, num_items_in_batch=sar.sum()), expected)
+
+    before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+    trainer.train()
+    for name, parameter in trainer.model.named_parameters():
+        assert torch.equal(parameter, before[name]) == (name not in trainable), name
+    plain = remove_gated_adapters(trainer.model)
+    assert SpaceConfig.of(plain).draft_head_width == 0 and not SpaceConfig.of(plain).draft_head_trains_adapter
+
+
+def test_training_the_adapter_with_the_head_needs_a_head():
+    with pytest.raises(ValueError, match="draft_head_width"):
+        SpaceConfig(mode="gated", draft_head_trains_adapter=True)
+    with pytest.raises(TypeError, match="bool"):
+        SpaceConfig(mode="gated", draft_head_width=8, draft_head_trains_adapter=1)
 
 
 def test_a_head_trains_in_float32_on_a_bfloat16_base(gated_base, tmp_path):
@@ -236,7 +276,7 @@ def test_the_head_trains_on_the_data_token_before_each_target(gated_base, tmp_pa
     handle = head.register_forward_hook(lambda module, args, output: seen.append(args[1]))
     inputs = trainer._prepare_inputs(next(iter(trainer.get_eval_dataloader())))
     with torch.no_grad():
-        _, labels, is_mask, _, _ = trainer._gated_forward(trainer.model.eval(), inputs)
+        _, labels, is_mask, _, _, _ = trainer._gated_forward(trainer.model.eval(), inputs)
     handle.remove()
     embedding = trainer.model.get_input_embeddings().weight
     where = torch.nonzero(is_mask, as_tuple=True)

@@ -147,7 +147,7 @@ def test_full_teacher_is_the_models_own_detached_next_token_logits(tmp_path):
     kl_only = SpaceConfig(num_mask_tokens=K, mask_loss="kl", sar_probability=1.0)
     probe = TeacherSpy(model=toy_model(), args=training_args(tmp_path / "p", 1), train_dataset=rows,
                        space_config=kl_only)
-    logits, targets, is_mask, teacher, _ = probe._single_forward(probe.model, batch)
+    logits, targets, is_mask, teacher, _, _ = probe._single_forward(probe.model, batch)
     logits.retain_grad()
     sar = (targets != IGNORE) & is_mask
     mask_token_losses(logits[sar], targets[sar], teacher[sar], "kl").sum().backward()

@@ -117,6 +117,15 @@ class SpaceConfig:
             "adapter frozen (draft_head.py). 0: no head, each mask drafts from its own logits alone."
         },
     )
+    draft_head_trains_adapter: bool = field(
+        default=False,
+        metadata={
+            "help": "With draft_head_width: the gated adapter (and mask embedding) trains together with the head, "
+            "so the masks' hidden states can learn what the head reads; each mask then also keeps a loss on its "
+            "own logits, which pick the head's candidates in decoding. Default False: the head trains on a frozen, "
+            "already trained adapter (cheaper: no backward through the model)."
+        },
+    )
     acceptance_rates: list[float] | None = field(
         default=None,
         init=False,  # measured (set by `from_dict` or `calibrate_acceptance`), never a training option
@@ -179,6 +188,15 @@ class SpaceConfig:
             raise ValueError(
                 f"draft_head_width={self.draft_head_width} needs mode='gated' (the head is trained on top of a trained "
                 f"gated adapter); mode={self.mode!r} has none. Use mode='gated' or draft_head_width=0."
+            )
+        if not isinstance(self.draft_head_trains_adapter, bool):
+            raise TypeError(
+                f"`draft_head_trains_adapter` should be a bool, got {self.draft_head_trains_adapter!r}."
+            )
+        if self.draft_head_trains_adapter and not self.draft_head_width:
+            raise ValueError(
+                "draft_head_trains_adapter=True trains the adapter together with a draft head, but draft_head_width "
+                "is 0 (no head). Set draft_head_width (e.g. 4 x hidden size) or leave it False."
             )
         if self.mode == "gated" and self.mask_loss_weight == 0:
             raise ValueError("`mask_loss_weight` should be positive in 'gated' mode (only masks carry loss), got 0.")

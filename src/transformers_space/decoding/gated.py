@@ -525,6 +525,7 @@ def remove_gated_adapters(model):
             space_config.mode = "full"
             space_config.per_position_mask_embeddings = False
             space_config.draft_head_width = 0
+            space_config.draft_head_trains_adapter = False
             space_config.save_to(model)
     return model
 

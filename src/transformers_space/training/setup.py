@@ -9,7 +9,7 @@
   fp16 base the adapters train in fp32 (as peft's `autocast_adapter_dtype` does): AdamW steps on half-precision
   weights round away, and the base stays in half precision, where its products are fast (bf16 on AMX). With
   `draft_head_width` only the draft head trains: it is trained on top of a trained adapter, which stays as it is
-  (`draft_head.py`).
+  (`draft_head.py`), unless `draft_head_trains_adapter` asks for both.
 """
 
 from __future__ import annotations
@@ -52,7 +52,10 @@ def prepare_model(model, tokenizer, space_config: SpaceConfig):
     else:
         model.requires_grad_(False)
         head = draft_head_of(model)
-        for parameter in gated_parameters(model) if head is None else head.parameters():
+        trainable = [] if head is None else list(head.parameters())
+        if head is None or resolved.draft_head_trains_adapter:
+            trainable += list(gated_parameters(model))
+        for parameter in trainable:
             parameter.requires_grad_(True)
             if parameter.dtype in (torch.bfloat16, torch.float16):
                 parameter.data = parameter.data.float()

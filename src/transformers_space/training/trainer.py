@@ -162,10 +162,8 @@ class SpaceTrainer(Trainer):
     # --- loss ----------------------------------------------------------------------------------------------
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if "mask_input_ids" in inputs:
-            logits, targets, is_mask, teacher, outputs = self._gated_forward(model, inputs)
-        else:
-            logits, targets, is_mask, teacher, outputs = self._single_forward(model, inputs)
+        forward = self._gated_forward if "mask_input_ids" in inputs else self._single_forward
+        logits, targets, is_mask, teacher, outputs, candidate_logits = forward(model, inputs)
         valid = targets != IGNORE
         ar, sar = valid & ~is_mask, valid & is_mask
         config = self.space_config
@@ -173,6 +171,10 @@ class SpaceTrainer(Trainer):
         sar_losses = mask_token_losses(logits[sar], targets[sar], None if teacher is None else teacher[sar],
                                        config.mask_loss, config.mask_kl_weight)
         total = ar_losses.sum() + config.mask_loss_weight * sar_losses.sum()
+        if candidate_logits is not None:  # the masks' own logits pick the head's candidates: they keep their loss
+            total = total + config.mask_loss_weight * mask_token_losses(
+                candidate_logits[sar], targets[sar], None if teacher is None else teacher[sar],
+                config.mask_loss, config.mask_kl_weight).sum()
         if num_items_in_batch is None:
             loss = total / valid.sum().clamp(min=1)
         else:
@@ -208,7 +210,7 @@ class SpaceTrainer(Trainer):
             kept[columns] = torch.arange(columns.shape[0], device=columns.device)
             teacher_columns = kept[inputs["position_ids"][:, columns]].clamp(min=0)  # [B, C]; used at masks only
             teacher = logits.detach().gather(1, teacher_columns[..., None].expand(-1, -1, logits.shape[-1]))
-        return logits, targets[:, columns], is_mask, teacher, outputs
+        return logits, targets[:, columns], is_mask, teacher, outputs, None
 
     def _gated_forward(self, model, inputs):
         """Prefix once without gradients (frozen base, KV into a cache); then all mask blocks, with gradients.
@@ -247,13 +249,14 @@ class SpaceTrainer(Trainer):
             )
         _restore_training(unwrapped, base_training)
         is_mask = inputs["mask_input_ids"] == self.space_config.mask_token_id
-        logits = outputs.logits
+        logits = candidate_logits = outputs.logits
         if head is not None:  # each mask's logits from the draft head, given the data's token before its target
             where = torch.nonzero(is_mask, as_tuple=True)
             before = inputs["input_ids"].gather(1, targets_at)
             drafted = conditioned_logits(unwrapped, head, head_input[0][where], before[where])
             logits = logits.index_put(where, drafted.to(logits.dtype))
-        return logits, inputs["labels"], is_mask, teacher, outputs
+        trains_candidates = head is not None and self.space_config.draft_head_trains_adapter and model.training
+        return logits, inputs["labels"], is_mask, teacher, outputs, candidate_logits if trains_candidates else None
 
     def _mask_dtype(self, model) -> torch.dtype:
         return self.accelerator.unwrap_model(model).get_input_embeddings().weight.dtype
@@ -299,7 +302,7 @@ class SpaceTrainer(Trainer):
                 if not starts:
                     counts.append([])
                     continue
-                logits, targets, is_mask, teacher, _ = forward(model, self._prepare_inputs(every_start([row])))
+                logits, targets, is_mask, teacher, _, _ = forward(model, self._prepare_inputs(every_start([row])))
                 drafted = is_mask & (targets != IGNORE)
                 right = (logits.argmax(-1) == teacher.argmax(-1))[drafted].view(len(starts), k).tolist()
                 counts.append(greedy_chain_accepted(dict(zip(starts, right, strict=True)), starts[0]))
