@@ -6,9 +6,11 @@ training rows and on held-out rows; then a head `h + down(silu(up([h; rmsnorm(E[
 the collected states with the LM head frozen (a few seconds an epoch), and held-out agreement is reported per mask,
 as conditional rates along each block (alpha_j: mask j right given masks 0..j-1 were) and as tokens per pass if
 every block were drafted from its start; with the head scoring the whole vocabulary, and only the `--candidates`
-tokens each mask's own logits rank highest (what decoding does). `--with-verify-state` also feeds the base
-model's last hidden state at the position that predicted the token before the block (in decoding: the verify row
-that emitted it).
+tokens each mask's own logits rank highest (what decoding does). Each `--variant` trains one head on the same
+collected states: what it reads besides h and the token before (`verify`: the base model's last hidden state at the
+position that predicted the token before the block, in decoding the verify row that emitted it; `previous`: the
+previous mask's last hidden state in its block, zeros for a block's first mask) and how many residual MLP blocks it
+stacks, e.g. `--variant e e:2 e,previous`.
 
     python benchmarks/draft_head_probe.py --adapter hub_configs/smollm2-135m-space-gated \
         --data data/distill_v5.jsonl --heldout data/heldout_v5.jsonl --rows 600 --epochs 2
@@ -29,6 +31,7 @@ from torch import nn
 from transformers import TrainingArguments
 
 from transformers_space import SpaceConfig, SpaceTrainer
+from transformers_space.decoding.draft_head import draft_head_of
 from transformers_space.loading import load_model
 from transformers_space.training.cli import load_rows
 from transformers_space.training.collator import IGNORE
@@ -46,7 +49,8 @@ def collect(model, tokenizer, rows: list[dict], blocks: int) -> dict[str, torch.
         model.get_output_embeddings().register_forward_hook(lambda module, args, output: heads.append(args[0])),
         model.base_model.register_forward_hook(lambda module, args, output: bodies.append(output.last_hidden_state)),
     ]
-    parts: dict[str, list[torch.Tensor]] = {name: [] for name in ("mask", "verify", "before", "target", "place")}
+    parts: dict[str, list[torch.Tensor]] = {
+        name: [] for name in ("mask", "verify", "previous", "before", "target", "place")}
     with tempfile.TemporaryDirectory() as scratch:
         trainer = SpaceTrainer(
             model=model, args=TrainingArguments(output_dir=scratch, per_device_eval_batch_size=8, report_to="none",
@@ -63,7 +67,10 @@ def collect(model, tokenizer, rows: list[dict], blocks: int) -> dict[str, torch.
             last = inputs["input_ids"].shape[1] - 1
             before_block = (inputs["mask_position_ids"] - place - 1).clamp(0, last)
             prefix = bodies[0]
-            parts["mask"].append(heads[-1][chosen].float())
+            states = heads[-1]
+            parts["mask"].append(states[chosen].float())
+            previous = torch.cat([torch.zeros_like(states[:, :1]), states[:, :-1]], 1)  # the column before
+            parts["previous"].append(torch.where((place > 0)[..., None], previous, 0.0)[chosen].float())
             parts["verify"].append(prefix.gather(1, before_block[..., None].expand(-1, -1, prefix.shape[-1]))[chosen])
             parts["before"].append(inputs["input_ids"].gather(1, inputs["mask_position_ids"].clamp(max=last))[chosen])
             parts["target"].append(teacher.argmax(-1)[chosen])
@@ -74,18 +81,22 @@ def collect(model, tokenizer, rows: list[dict], blocks: int) -> dict[str, torch.
 
 
 class ProbeHead(nn.Module):
-    def __init__(self, hidden: int, width: int, embedding: torch.Tensor, with_verify_state: bool):
+    """`depth` residual blocks z <- z + down(silu(up([z; rmsnorm(E[before]); extra states]))), z starting at h."""
+
+    def __init__(self, hidden: int, width: int, embedding: torch.Tensor, extra: tuple[str, ...], depth: int):
         super().__init__()
-        self.embedding, self.with_verify_state = embedding, with_verify_state
+        self.embedding, self.extra = embedding, extra
         self.norm = nn.RMSNorm(hidden)
-        self.up = nn.Linear((3 if with_verify_state else 2) * hidden, width)
-        self.down = nn.Linear(width, hidden)
-        nn.init.zeros_(self.down.weight), nn.init.zeros_(self.down.bias)
+        self.ups = nn.ModuleList(nn.Linear((2 + len(extra)) * hidden, width) for _ in range(depth))
+        self.downs = nn.ModuleList(nn.Linear(width, hidden) for _ in range(depth))
+        for down in self.downs:
+            nn.init.zeros_(down.weight), nn.init.zeros_(down.bias)
 
     def forward(self, data: dict[str, torch.Tensor]) -> torch.Tensor:
-        h = data["mask"]
-        parts = [h, self.norm(self.embedding[data["before"]])] + ([data["verify"]] if self.with_verify_state else [])
-        return h + self.down(F.silu(self.up(torch.cat(parts, -1))))
+        z, before = data["mask"], self.norm(self.embedding[data["before"]])
+        for up, down in zip(self.ups, self.downs, strict=True):
+            z = z + down(F.silu(up(torch.cat([z, before, *(data[name] for name in self.extra)], -1))))
+        return z
 
 
 @torch.no_grad()
@@ -121,10 +132,14 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=0, help="Head width (default 4 x hidden).")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--candidates", type=int, nargs="*", default=[8, 16, 32])
-    parser.add_argument("--with-verify-state", action="store_true")
+    parser.add_argument("--variant", nargs="+", default=["e"],
+                        help="Heads to train, each 'e[,verify][,previous][:depth]' (module docstring).")
     args = parser.parse_args()
     torch.manual_seed(0)
     model, tokenizer = load_model(args.adapter)
+    if draft_head_of(model) is not None:  # the probe trains its own heads on the masks' own states
+        del model.get_output_embeddings().space_draft_head
+        replace(SpaceConfig.of(model), draft_head_width=0).save_to(model)
     k = SpaceConfig.of(model).num_mask_tokens
     started = time.time()
     train = collect(model, tokenizer, load_rows(args.data)[: args.rows], args.blocks)
@@ -134,24 +149,28 @@ def main() -> None:
     head_weight = model.get_output_embeddings().weight.detach().float()
     hidden = head_weight.shape[1]
     print("masks alone:", report(held, head_weight, k), flush=True)
-    head = ProbeHead(hidden, args.width or 4 * hidden, model.get_input_embeddings().weight.detach().float(),
-                     args.with_verify_state)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=0.0)
-    batch, count = 256, len(train["target"])
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-3, total_steps=args.epochs * (count // batch),
-                                                   pct_start=0.05)
-    for epoch in range(args.epochs):
-        order = torch.randperm(count)
-        for start in range(0, count - batch + 1, batch):
-            part = {name: value[order[start : start + batch]] for name, value in train.items()}
-            loss = F.cross_entropy(head(part) @ head_weight.T, part["target"])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-        print(f"epoch {epoch}: head, whole vocabulary:", report(held, head_weight, k, head), flush=True)
-        for candidates in args.candidates:
-            print(f"  head on the top {candidates}:", report(held, head_weight, k, head, candidates), flush=True)
+    embedding = model.get_input_embeddings().weight.detach().float()
+    for variant in args.variant:
+        reads, _, depth = variant.partition(":")
+        extra = tuple(name for name in reads.split(",") if name != "e")
+        torch.manual_seed(0)
+        head = ProbeHead(hidden, args.width or 4 * hidden, embedding, extra, int(depth or 1))
+        optimizer = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=0.0)
+        batch, count = 256, len(train["target"])
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-3,
+                                                       total_steps=args.epochs * (count // batch), pct_start=0.05)
+        for epoch in range(args.epochs):
+            order = torch.randperm(count)
+            for start in range(0, count - batch + 1, batch):
+                part = {name: value[order[start : start + batch]] for name, value in train.items()}
+                loss = F.cross_entropy(head(part) @ head_weight.T, part["target"])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+            print(f"{variant} epoch {epoch}: head, whole vocabulary:", report(held, head_weight, k, head), flush=True)
+            for candidates in args.candidates:
+                print(f"  head on the top {candidates}:", report(held, head_weight, k, head, candidates), flush=True)
 
 
 if __name__ == "__main__":
