@@ -8,7 +8,9 @@ It keeps `Trainer`'s signature and adds `space_config=` and `max_length=`. At co
   `mask_loss_weight` x the mask loss.
 - "gated": the prefix runs once without gradients through the frozen base (its KV lands in a
   DynamicCache), then every mask block of the batch runs in a second forward that attends to that KV,
-  with gradients; only masks carry loss. The base runs in eval mode (no dropout), as at inference.
+  with gradients; only masks carry loss. The base runs in eval mode (no dropout), as at inference. With a draft
+  head the masks' logits are the head's; when the adapter trains with it (`draft_head_trains_adapter`), each
+  mask's loss on its own logits (which pick the head's candidates in decoding) is added.
 
 The mask loss (`SpaceConfig.mask_loss`, `losses.py`) is cross-entropy on the data, KL to a teacher, or a mix.
 The teacher is the model that will verify the drafts: in "gated" mode the frozen base, whose logits at every
@@ -191,7 +193,9 @@ class SpaceTrainer(Trainer):
         return self.space_config.mask_loss != "cross_entropy" or not model.training
 
     def _single_forward(self, model, inputs):
-        """One forward; the teacher of mask j at position p is the same row's own (detached) logits at column p."""
+        """One forward; the teacher of mask j at position p is the same row's own (detached) logits at column p.
+
+        Returns (logits, targets, is_mask, teacher, outputs, None): no draft head, so no second mask loss."""
         targets = inputs["labels"]
         columns = torch.nonzero(targets.ne(IGNORE).any(0)).flatten()  # only positions with a target need logits
         outputs = model(
@@ -218,6 +222,10 @@ class SpaceTrainer(Trainer):
         Both passes call the whole (wrapped) model, never its body or head alone: FSDP and ZeRO-3 gather the
         sharded weights in the root module's forward, so a bare `model.base_model(...)` or `lm_head(...)` would
         find them sharded.
+
+        Returns (logits, targets, is_mask, teacher, outputs, candidate_logits), as `_single_forward` does;
+        candidate_logits are the masks' own logits when they carry a loss of their own beside the head's
+        (training with `draft_head_trains_adapter`), else None.
         """
         unwrapped = self.accelerator.unwrap_model(model)
         base_training = _base_to_eval(unwrapped)
