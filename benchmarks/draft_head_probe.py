@@ -135,6 +135,11 @@ def main() -> None:
     parser.add_argument("--variant", nargs="+", default=["e"],
                         help="Heads to train, each 'e[,verify][,previous][:depth]' (module docstring).")
     args = parser.parse_args()
+    for variant in args.variant:
+        reads, _, depth = variant.partition(":")
+        unknown = set(reads.split(",")) - {"e", "verify", "previous"}
+        if unknown or not (depth or "1").isdigit() or int(depth or 1) < 1:
+            parser.error(f"--variant {variant!r}: expected 'e[,verify][,previous][:depth]' with depth >= 1.")
     torch.manual_seed(0)
     model, tokenizer = load_model(args.adapter)
     if draft_head_of(model) is not None:  # the probe trains its own heads on the masks' own states
