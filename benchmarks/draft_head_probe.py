@@ -135,11 +135,13 @@ def main() -> None:
     parser.add_argument("--variant", nargs="+", default=["e"],
                         help="Heads to train, each 'e[,verify][,previous][:depth]' (module docstring).")
     args = parser.parse_args()
+    variants = {}  # name: (extra inputs, depth)
     for variant in args.variant:
         reads, _, depth = variant.partition(":")
         unknown = set(reads.split(",")) - {"e", "verify", "previous"}
         if unknown or not (depth or "1").isdigit() or int(depth or 1) < 1:
             parser.error(f"--variant {variant!r}: expected 'e[,verify][,previous][:depth]' with depth >= 1.")
+        variants[variant] = (tuple(name for name in reads.split(",") if name != "e"), int(depth or 1))
     torch.manual_seed(0)
     model, tokenizer = load_model(args.adapter)
     if draft_head_of(model) is not None:  # the probe trains its own heads on the masks' own states
@@ -155,11 +157,9 @@ def main() -> None:
     hidden = head_weight.shape[1]
     print("masks alone:", report(held, head_weight, k), flush=True)
     embedding = model.get_input_embeddings().weight.detach().float()
-    for variant in args.variant:
-        reads, _, depth = variant.partition(":")
-        extra = tuple(name for name in reads.split(",") if name != "e")
+    for variant, (extra, depth) in variants.items():
         torch.manual_seed(0)
-        head = ProbeHead(hidden, args.width or 4 * hidden, embedding, extra, int(depth or 1))
+        head = ProbeHead(hidden, args.width or 4 * hidden, embedding, extra, depth)
         optimizer = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=0.0)
         batch, count = 256, len(train["target"])
         schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-3,

@@ -170,13 +170,15 @@ class SpaceTrainer(Trainer):
         ar, sar = valid & ~is_mask, valid & is_mask
         config = self.space_config
         ar_losses = F.cross_entropy(logits[ar].float(), targets[ar], reduction="none")
-        sar_losses = mask_token_losses(logits[sar], targets[sar], None if teacher is None else teacher[sar],
-                                       config.mask_loss, config.mask_kl_weight)
+        teacher_at_masks = None if teacher is None else teacher[sar]
+
+        def mask_losses(of: torch.Tensor) -> torch.Tensor:
+            return mask_token_losses(of[sar], targets[sar], teacher_at_masks, config.mask_loss, config.mask_kl_weight)
+
+        sar_losses = mask_losses(logits)
         total = ar_losses.sum() + config.mask_loss_weight * sar_losses.sum()
         if candidate_logits is not None:  # the masks' own logits pick the head's candidates: they keep their loss
-            total = total + config.mask_loss_weight * mask_token_losses(
-                candidate_logits[sar], targets[sar], None if teacher is None else teacher[sar],
-                config.mask_loss, config.mask_kl_weight).sum()
+            total = total + config.mask_loss_weight * mask_losses(candidate_logits).sum()
         if num_items_in_batch is None:
             loss = total / valid.sum().clamp(min=1)
         else:
