@@ -15,6 +15,8 @@ from transformers_space.decoding.kernels import (
     MIN_WEIGHT_SIDE,
     WeightsFirstKernels,
     enable_weights_first,
+    pads_single_row,
+    two_rows_faster,
     uses_weights_first,
     weights_first_linear,
     weights_first_products,
@@ -34,9 +36,62 @@ def test_weights_first_product_is_taken_and_matches_f_linear(shape, with_bias):
     assert uses_weights_first(x, weight)
     out = weights_first_linear(x, weight, bias)
     assert out.shape == (*shape[:-1], 2 * WIDE) and out.is_contiguous()
-    by_hand = torch.mm(weight, x.reshape(-1, WIDE).t()).t().reshape(*shape[:-1], 2 * WIDE)
+    rows = x.reshape(-1, WIDE)
+    if rows.shape[0] == 1 and pads_single_row(weight):  # as measured on this machine: see the tests below
+        rows = torch.cat([rows, rows])
+    by_hand = torch.mm(weight, rows.t())[:, : x.reshape(-1, WIDE).shape[0]].t().reshape(*shape[:-1], 2 * WIDE)
     assert torch.equal(out, by_hand if bias is None else by_hand + bias)  # really the weights-first product
     torch.testing.assert_close(out, F.linear(x, weight, bias), rtol=1e-12, atol=1e-12)
+
+
+def choose_padding(monkeypatch, weight: torch.Tensor, pad: bool) -> None:
+    """Fix the measured one-row choice for `weight`'s shape, as a timing on some machine would."""
+    monkeypatch.setitem(kernels._pads_single_row, (tuple(weight.shape), weight.dtype, weight.device.type), pad)
+
+
+@pytest.mark.parametrize("pad", [True, False])
+def test_one_row_runs_as_two_rows_where_measured_faster(monkeypatch, pad):
+    generator = torch.Generator().manual_seed(3)
+    weight = torch.randn(3 * WIDE, WIDE, generator=generator)
+    bias = torch.randn(3 * WIDE, generator=generator)
+    choose_padding(monkeypatch, weight, pad)
+    x = torch.randn(1, 1, WIDE, generator=generator)
+    out = weights_first_linear(x, weight, bias)
+    assert out.shape == (1, 1, 3 * WIDE) and out.is_contiguous()
+    row = x.reshape(1, WIDE)
+    by_hand = torch.mm(weight, (torch.cat([row, row]) if pad else row).t())[:, 0]
+    assert torch.equal(out.reshape(-1), by_hand + bias)  # row 0 of the two-row product, or the one-row product
+    torch.testing.assert_close(out, F.linear(x, weight, bias), rtol=1e-5, atol=1e-5)
+    several = torch.randn(3, WIDE, generator=generator)  # more rows than one: never padded
+    assert torch.equal(weights_first_linear(several, weight), torch.mm(weight, several.t()).t())
+
+
+def test_padding_choice_is_measured_once_per_shape_and_dtype(monkeypatch):
+    measured = []
+
+    def measuring(weight):
+        measured.append((tuple(weight.shape), weight.dtype))
+        return True
+
+    monkeypatch.setattr(kernels, "two_rows_faster", measuring)
+    monkeypatch.setattr(kernels, "_pads_single_row", {})
+    first, same_shape, other = torch.randn(WIDE + 1, WIDE), torch.randn(WIDE + 1, WIDE), torch.randn(WIDE + 2, WIDE)
+    threads = [threading.Thread(target=pads_single_row, args=(first,)) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert pads_single_row(same_shape) and pads_single_row(other) and pads_single_row(first.double())
+    assert measured == [((WIDE + 1, WIDE), torch.float32), ((WIDE + 2, WIDE), torch.float32),
+                        ((WIDE + 1, WIDE), torch.float64)]
+
+
+def test_two_rows_are_chosen_only_within_the_margin(monkeypatch):
+    weight = torch.randn(4 * WIDE, WIDE)
+    monkeypatch.setattr(kernels, "PAD_MARGIN", 0.0)  # two rows never take no time at all
+    assert two_rows_faster(weight, repeats=2) is False
+    monkeypatch.setattr(kernels, "PAD_MARGIN", 1e6)  # nor a million times one row's
+    assert two_rows_faster(weight, repeats=2) is True
 
 
 @pytest.mark.parametrize(("x_shape", "w_shape"), [((2, MAX_ROWS, WIDE), (WIDE, WIDE)), ((3, WIDE), (16, WIDE)),

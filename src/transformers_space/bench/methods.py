@@ -3,8 +3,9 @@
 A method is the `generate` keyword arguments that select it, on top of the common greedy ones. Two baselines
 and two SPACE layouts keep kernel effects and drafting apart:
 - `plain_matched`: plain greedy `generate` with the CPU kernels SPACE's passes may use (`weights_first=True`:
-  each linear layer multiplied weights-first, `decoding/kernels.py`), the kernel-matched baseline; SPACE's
-  gain over it is drafting, not kernel choice.
+  each linear layer multiplied weights-first, and a one-row product as two rows where this machine runs that
+  faster, as a SPACE pass's products always have several rows: `decoding/kernels.py`), the kernel-matched
+  baseline; SPACE's gain over it is drafting, not kernel choice.
 - `space_full`: SPACE at the full layout (every trained mask, every group, the paper's layout), whatever
   `--space-num-mask-tokens` says: its tokens/pass shows the drafts' acceptance independent of the machine.
 - `space_default_kernel` (opt-in) runs `space`'s layout with transformers' own modules ("linear" kernels).

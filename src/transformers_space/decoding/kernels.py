@@ -33,6 +33,15 @@ intercepts every torch call of a pass, a measurable share of a small model's pas
 `weights_first_products()` also serves plain decoding as a kernel-matched baseline (`transformers-space bench
 --methods plain_matched`, `generate(weights_first=True)`).
 
+One row, two: a SPACE pass never multiplies one row (its LM head reads the verify rows and the mask rows at once),
+plain decoding always does, and on some CPUs MKL's matrix-vector path streams a large matrix far slower than its
+matrix-matrix path: on an AMD EPYC (2 cores), SmolLM2's LM head [49152 x 576] in fp32 takes 6.2 ms for one row and
+2.3 ms for two (BENCHMARKS.md, "The kernel-matched baseline on an AMD EPYC"). So a one-row weights-first product
+runs as two rows (the row twice; row 0 kept) for weights where that was measured faster on this machine
+(`pads_single_row`: timed once per weight shape and dtype in a process, both ways, and taken only when clearly
+faster), which makes the kernel-matched baseline use what SPACE's passes get, and a SPACE pass's own one-row
+products (the draft head's) too.
+
 Imports only torch and sibling modules (it ships as remote code).
 """
 
@@ -40,6 +49,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 import types
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
@@ -52,8 +62,11 @@ from .gated import decoding_products
 
 MAX_ROWS = 64  # the skinny shapes of decoding passes; `autotune` measures up to 48 tokens
 MIN_WEIGHT_SIDE = 64  # low-rank adapter matrices gain nothing; they keep F.linear
+PAD_MARGIN = 0.85  # a one-row product runs as two only when that was measured at most this share of its time
 _local = threading.local()  # .weights_first: this thread's switch
 _install_lock = threading.Lock()
+_pad_lock = threading.Lock()
+_pads_single_row: dict[tuple, bool] = {}  # (weight shape, dtype, device type) -> measured choice, this process
 
 
 def weights_first_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -62,8 +75,44 @@ def weights_first_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     if not uses_weights_first(x, weight):
         return F.linear(x, weight, bias)
     rows = x.reshape(-1, x.shape[-1])
-    out = torch.mm(weight, rows.t()).t().contiguous().reshape(*x.shape[:-1], weight.shape[0])
+    if rows.shape[0] == 1 and pads_single_row(weight):
+        product = torch.mm(weight, torch.cat([rows, rows]).t())[:, :1]
+    else:
+        product = torch.mm(weight, rows.t())
+    out = product.t().contiguous().reshape(*x.shape[:-1], weight.shape[0])
     return out if bias is None else out + bias
+
+
+def pads_single_row(weight: torch.Tensor) -> bool:
+    """Whether a one-row weights-first product with `weight` runs as two rows on this machine (module docstring).
+
+    Measured on first use for each weight shape and dtype, and kept for the process: a weight shape's kernels do
+    not change while it runs."""
+    key = (tuple(weight.shape), weight.dtype, weight.device.type)
+    choice = _pads_single_row.get(key)
+    if choice is None:
+        with _pad_lock:
+            choice = _pads_single_row.get(key)
+            if choice is None:
+                choice = _pads_single_row[key] = two_rows_faster(weight)
+    return choice
+
+
+@torch.inference_mode()
+def two_rows_faster(weight: torch.Tensor, repeats: int = 7) -> bool:
+    """Times a one-row and a two-row weights-first product with `weight` (interleaved, the fastest of `repeats`
+    each, after a warm-up); True when two rows take at most PAD_MARGIN of one row's time."""
+    generator = torch.Generator().manual_seed(0)
+    one = torch.randn(1, weight.shape[1], generator=generator).to(weight.device, weight.dtype)
+    two = torch.cat([one, one])
+    best = {1: float("inf"), 2: float("inf")}
+    for round_index in range(repeats + 1):
+        for count, rows in ((1, one), (2, two)):  # the operands exactly as `weights_first_linear` passes them
+            start = time.perf_counter()
+            torch.mm(weight, rows.t())
+            if round_index:
+                best[count] = min(best[count], time.perf_counter() - start)
+    return best[2] <= PAD_MARGIN * best[1]
 
 
 def uses_weights_first(x: torch.Tensor, weight: torch.Tensor) -> bool:
