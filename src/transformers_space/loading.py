@@ -19,9 +19,11 @@ def load_model(path: str | Path | None = None, num_mask_tokens: int = 4, dtype: 
     """(model, tokenizer) with SPACE support, weights in `dtype`; default: the offline default model
     with the shipped gated adapter (as the demo).
 
-    fp32 by default: on most CPUs a bf16 pass is no faster. On CPUs with AMX (Intel Sapphire Rapids and later) a
-    bf16 pass of 2-16 tokens costs about what a 1-token pass costs, for models of ~0.5B parameters and more, which
-    is the regime where drafting pays (BENCHMARKS.md, "bf16 on a CPU with AMX").
+    fp32 by default: greedy SPACE is identical to plain greedy there, token for token. On CPUs with AMX (Intel
+    Sapphire Rapids and later) a bf16 pass of 2-16 tokens costs about what a 1-token pass costs, for models of ~0.5B
+    parameters and more, which is the regime where drafting pays (BENCHMARKS.md, "bf16 on a CPU with AMX"); on
+    CPUs with `avx512_bf16` (AMD EPYC, Zen 4) a bf16 pass costs about half an fp32 one (BENCHMARKS.md, "The
+    kernel-matched baseline on an AMD EPYC").
 
     A gated adapter folder (`save_space_adapter`) loads onto its base; a SPACE model folder (its config has
     `space_config`) loads with `AutoSpaceModelForCausalLM`; a plain model gets `add_space_support(model,
