@@ -85,6 +85,35 @@ def test_plain_is_the_reference(results):
         assert record["target_passes"] == NEW_TOKENS and record["assistant_passes"] == 0
 
 
+def test_plain_bf16_runs_plain_decoding_on_a_counted_bf16_copy(results, target):
+    results, _ = results
+    assert results["settings"]["method_dtypes"] == {"plain_bf16": "bfloat16"}
+    for record in rows(results, "plain_bf16"):
+        # its passes are counted on the copy's own body: one per token, as for any plain decoder
+        assert record["new_tokens"] == NEW_TOKENS and record["target_passes"] == NEW_TOKENS
+        assert isinstance(record["matches_plain"], bool)
+    assert target.dtype == torch.float32  # the model the other methods ran is untouched
+
+
+def test_a_dtype_method_gets_one_copy_per_dtype_and_none_of_the_models_own_dtype(target):
+    methods = ("plain", "plain_bf16", "space")
+    status = {m: {"supported": True, "error": None} for m in methods}
+    models = runner._models_for_methods(target, methods, status)
+    assert models["plain"] is target and models["space"] is target
+    copy = models["plain_bf16"]
+    assert copy is not target and copy.dtype == torch.bfloat16 and target.dtype == torch.float32
+    assert all(p.dtype == torch.bfloat16 for p in copy.parameters())
+    assert all(p.dtype == torch.float32 for p in target.parameters())
+    ids = torch.tensor([[5, 6, 7]])
+    with torch.no_grad():  # the same weights, rounded to bf16
+        torch.testing.assert_close(copy(ids).logits.float(), target(ids).logits, rtol=0.1, atol=0.1)
+    bf16_model = tiny_model("llama", num_mask_tokens=3, num_hidden_layers=1).to(torch.bfloat16)
+    status = {m: {"supported": True, "error": None} for m in methods}
+    models = runner._models_for_methods(bf16_model, methods, status)
+    assert "plain_bf16" not in models and not status["plain_bf16"]["supported"]
+    assert "already runs in bfloat16" in status["plain_bf16"]["error"]
+
+
 def test_space_numbers_are_consistent(results):
     results, _ = results
     for record in rows(results, "space"):

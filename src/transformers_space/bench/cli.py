@@ -1,9 +1,9 @@
 """`transformers-space bench`: SPACE against plain greedy decoding and transformers' own speed-ups.
 
 One process, one model, one set of prompts, one machine: the methods of `bench/methods.py` (plain greedy, the
-kernel-matched plain baseline, SPACE at the chosen and at the full layout, prompt lookup, early-exit
-self-speculation and, when given, a draft model). Results: `results.json`, `results.md`, `results.png`
-(`bench/report.py`).
+kernel-matched plain baseline, plain greedy on a bf16 copy, SPACE at the chosen and at the full layout, prompt
+lookup, early-exit self-speculation and, when given, a draft model). Results: `results.json`, `results.md`,
+`results.png` (`bench/report.py`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ logger = logging.getLogger(__name__)
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "bench", help="Benchmark SPACE against plain greedy, prompt lookup, early exit and a draft model."
+        "bench", help="Benchmark SPACE against plain greedy (fp32 and bf16), prompt lookup, early exit and a draft "
+        "model."
     )
     parser.add_argument("--model", type=model_location,
                         help="Gated adapter folder, SPACE model folder, or plain model folder (default: "

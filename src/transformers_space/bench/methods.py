@@ -9,6 +9,11 @@ and two SPACE layouts keep kernel effects and drafting apart:
 - `space_full`: SPACE at the full layout (every trained mask, every group, the paper's layout), whatever
   `--space-num-mask-tokens` says: its tokens/pass shows the drafts' acceptance independent of the machine.
 - `space_default_kernel` (opt-in) runs `space`'s layout with transformers' own modules ("linear" kernels).
+
+One more way a user could speed decoding up is a cheaper dtype, and on some CPUs it is a large one (an AMD EPYC with
+`avx512_bf16`: plain SmolLM2 ran as fast in bf16 as lossless SPACE in fp32, BENCHMARKS.md). So `plain_bf16` runs
+plain greedy on a bf16 copy of the model, made once per run (a method's `dtype`); its text is bf16's, so it
+matches the reference only where bf16 changes no argmax. A model that already runs in bf16 has nothing to compare.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ class BenchMethod:
     help: str
     kwargs: Callable  # (settings, model, draft_model) -> generate keyword arguments
     default: bool = True  # run when --methods is not given
+    dtype: str | None = None  # run on a copy of the model in this torch dtype (made once per run); None: the model
 
 
 def _plain(settings, model, draft_model) -> dict:
@@ -80,6 +86,8 @@ def _draft(settings, model, draft_model) -> dict:
 METHODS: dict[str, BenchMethod] = {method.name: method for method in (
     BenchMethod("plain", "plain greedy `generate` (the reference)", _plain),
     BenchMethod(MATCHED, "plain greedy with SPACE's CPU kernels (`weights_first=True`)", _plain_matched),
+    BenchMethod("plain_bf16", "plain greedy on a bfloat16 copy of the model (another speed-up on some CPUs; "
+                "bf16's text)", _plain, dtype="bfloat16"),
     BenchMethod("space", "SPACE, layout from --space-num-mask-tokens (default: as trained)", _space),
     BenchMethod("space_full", "SPACE at the full layout: every trained mask, every group", _space_full),
     BenchMethod("space_default_kernel", "`space`'s layout with transformers' own modules", _space_default_kernel,

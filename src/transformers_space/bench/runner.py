@@ -17,6 +17,7 @@ as an assistant pass, not a target pass; a separate draft model has a body (and 
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime
 import json
 import logging
@@ -32,7 +33,7 @@ import torch
 import transformers
 
 from ..prompts import Prompt, encode_prompts
-from .methods import MATCHED, REFERENCE, BenchSettings, default_early_exit_layers, method_kwargs, prepare_draft
+from .methods import MATCHED, METHODS, REFERENCE, BenchSettings, default_early_exit_layers, method_kwargs, prepare_draft
 
 logger = logging.getLogger(__name__)
 
@@ -106,12 +107,13 @@ def _common_kwargs(model, tokenizer, max_new_tokens: int) -> dict:
     return {"max_new_tokens": max_new_tokens, "do_sample": False, "num_beams": 1, "pad_token_id": pad}
 
 
-def _warm_up(model, tokenizer, inputs, settings, draft_model, counters, status) -> None:
+def _warm_up(targets, tokenizer, inputs, settings, draft_model, draft_counter, status) -> None:
     """One untimed call per method; a method transformers refuses is marked unsupported with the exact error."""
-    common = _common_kwargs(model, tokenizer, min(settings.warmup_tokens, settings.max_new_tokens))
+    common = _common_kwargs(targets[REFERENCE][0], tokenizer, min(settings.warmup_tokens, settings.max_new_tokens))
     for method in [m for m in settings.methods if status[m]["supported"]]:
+        model, counter = targets[method]
         try:
-            run_once(model, inputs, method_kwargs(method, settings, model, draft_model), common, *counters)
+            run_once(model, inputs, method_kwargs(method, settings, model, draft_model), common, counter, draft_counter)
         except Exception as error:  # any refusal is a result to report, not a crash
             if method == REFERENCE:
                 raise
@@ -119,11 +121,11 @@ def _warm_up(model, tokenizer, inputs, settings, draft_model, counters, status) 
             logger.warning("%s is unsupported here: %s", method, status[method]["error"])
 
 
-def _time_prompts(model, tokenizer, jobs, settings, draft_model, counters, status) -> list[dict]:
+def _time_prompts(targets, tokenizer, jobs, settings, draft_model, draft_counter, status) -> list[dict]:
     """Every prompt through every supported method, the method order rotating per prompt."""
     from tqdm.auto import tqdm
 
-    common = _common_kwargs(model, tokenizer, settings.max_new_tokens)
+    common = _common_kwargs(targets[REFERENCE][0], tokenizer, settings.max_new_tokens)
     records = []
     for index, (prompt, inputs) in enumerate(tqdm(jobs, desc="bench", unit="prompt", disable=not settings.progress)):
         active = [m for m in settings.methods if status[m]["supported"]]
@@ -134,9 +136,10 @@ def _time_prompts(model, tokenizer, jobs, settings, draft_model, counters, statu
                 continue
             base = {"suite": prompt.suite, "prompt_id": prompt.id, "method": method,
                     "prompt_tokens": int(inputs["input_ids"].shape[1])}
+            model, counter = targets[method]
             try:
                 record, outputs[method] = run_once(
-                    model, inputs, method_kwargs(method, settings, model, draft_model), common, *counters
+                    model, inputs, method_kwargs(method, settings, model, draft_model), common, counter, draft_counter
                 )
             except Exception as error:  # a failure is reported, the other methods go on
                 if method == REFERENCE:
@@ -180,7 +183,9 @@ def run_benchmark(model, tokenizer, suites: dict[str, list[Prompt]], settings: B
     previous_use_space = getattr(model.generation_config, "use_space", None)
     # an early-exit assistant is the model itself; its inner `generate` must not switch to SPACE on its own
     model.generation_config.use_space = False
-    counter = PassCounter(model)
+    models = _models_for_methods(model, settings.methods, status)
+    counters = {id(target): PassCounter(target) for target in models.values()}
+    targets = {method: (target, counters[id(target)]) for method, target in models.items()}
     draft_counter = PassCounter(draft_model) if draft_model is not None else None
     load_before = _load_average()
     if load_before and load_before[0] >= 1.0:
@@ -188,10 +193,12 @@ def run_benchmark(model, tokenizer, suites: dict[str, list[Prompt]], settings: B
                        load_before[0])
     started = time.perf_counter()
     try:
-        with counter, (draft_counter or contextlib.nullcontext()):
-            counters = (counter, draft_counter)
-            _warm_up(model, tokenizer, jobs[0][1], settings, draft_model, counters, status)
-            records = _time_prompts(model, tokenizer, jobs, settings, draft_model, counters, status)
+        with contextlib.ExitStack() as stack:
+            for counter in (*counters.values(), draft_counter):
+                if counter is not None:
+                    stack.enter_context(counter)
+            _warm_up(targets, tokenizer, jobs[0][1], settings, draft_model, draft_counter, status)
+            records = _time_prompts(targets, tokenizer, jobs, settings, draft_model, draft_counter, status)
     finally:
         model.generation_config.use_space = previous_use_space
     results = {
@@ -207,6 +214,26 @@ def run_benchmark(model, tokenizer, suites: dict[str, list[Prompt]], settings: B
     }
     results["summary"] = summarize(records, [m for m in settings.methods if status[m]["supported"]])
     return results
+
+
+def _models_for_methods(model, methods, status: dict) -> dict:
+    """The model each method runs on: `model`, or for a method with its own `dtype` a copy in that dtype (one per
+    dtype). A method whose dtype is the model's own is marked unsupported, with why."""
+    copies, models = {}, {}
+    for method in methods:
+        dtype_name = METHODS[method].dtype
+        if dtype_name is None:
+            models[method] = model
+            continue
+        dtype = getattr(torch, dtype_name)
+        if model.dtype == dtype:
+            status[method] = {"supported": False, "error": f"the model already runs in {dtype_name}: that is `plain`"}
+            continue
+        if dtype not in copies:
+            copies[dtype] = copy.deepcopy(model).to(dtype)
+            logger.info("%s runs on a %s copy of the model.", method, dtype_name)
+        models[method] = copies[dtype]
+    return models
 
 
 def _distinct(values) -> list:
@@ -235,6 +262,7 @@ def _settings_record(settings: BenchSettings, model, draft_model) -> dict:
     record = asdict(settings)
     record["methods"] = list(settings.methods)
     record["decoding"] = "greedy, batch size 1"
+    record["method_dtypes"] = {m: METHODS[m].dtype for m in settings.methods if METHODS[m].dtype}  # else the model's
     record["early_exit_layers"] = settings.early_exit_layers or default_early_exit_layers(model)
     record["max_matching_ngram_size_effective"] = settings.max_matching_ngram_size or 2
     record["assistant"] = _assistant_settings(draft_model if draft_model is not None else model)
