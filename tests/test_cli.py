@@ -66,7 +66,7 @@ def test_generate_runs_and_compares(tmp_path, capsys):
     assert "identical to plain greedy decoding: True" in capsys.readouterr().out
 
 
-def test_demo_runs_an_adapter_in_the_dtype_asked(tmp_path, capsys):
+def test_demo_runs_an_adapter_in_the_dtype_asked(tmp_path, capsys, monkeypatch):
     """The demo end to end on a tiny gated adapter over its own saved base, loaded in bf16 as asked: each prompt's
     text, whether it equals plain decoding, tokens per pass and the overall speed."""
     from transformers_space.hub import save_space_adapter
@@ -83,3 +83,15 @@ def test_demo_runs_an_adapter_in_the_dtype_asked(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "(llama, torch.bfloat16)" in out and "identical to plain decoding:" in out
     assert "tokens per pass:" in out and "Overall: plain" in out
+    assert "not drafting" not in out  # transformers' own modules: the speed-up is the drafts'
+
+    # where the machine's plan runs another kernel, the demo says that part of the speed-up is the kernel's
+    from transformers_space.decoding import autotune
+    from transformers_space.decoding.planning import SpaceLayoutPlan
+
+    plan = SpaceLayoutPlan(2, (0,), kernels="weights_first")
+    monkeypatch.setattr(autotune, "auto_plan", lambda model: plan)  # the choice is a timing of this machine
+    argv[argv.index("--num-mask-tokens") + 1] = "auto"
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "'kernels': 'weights_first'" in out and "'weights_first' products), not drafting" in out

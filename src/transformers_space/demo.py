@@ -77,4 +77,7 @@ def run(args: argparse.Namespace) -> int:
               f"{plain_seconds / space_seconds:.2f}x")
     print(f"\nOverall: plain {totals['tokens'] / totals['plain']:.1f} tok/s, SPACE "
           f"{totals['tokens'] / totals['space']:.1f} tok/s, speedup {totals['plain'] / totals['space']:.2f}x")
+    if plan.groups and plan.kernels != "linear":
+        print(f"Part of that is the CPU kernel SPACE's passes run ({plan.kernels!r} products), not drafting: "
+              "`transformers-space bench --methods plain plain_matched space` shows the two apart.")
     return 0
