@@ -10,7 +10,10 @@ tokens each mask's own logits rank highest (what decoding does). Each `--variant
 collected states: what it reads besides h and the token before (`verify`: the base model's last hidden state at the
 position that predicted the token before the block, in decoding the verify row that emitted it; `previous`: the
 previous mask's last hidden state in its block, zeros for a block's first mask) and how many residual MLP blocks it
-stacks, e.g. `--variant e e:2 e,previous`.
+stacks, e.g. `--variant e e:2 e,previous`. Each `--loss` trains every variant once more: `vocab` (cross-entropy
+over the whole vocabulary, as `SpaceTrainer` trains the head), `candidates` (cross-entropy over only the
+`--train-candidates` tokens the mask's own logits rank highest, the choice decoding makes; masks whose target is not
+among them carry no loss) or `both` (their sum).
 
     python benchmarks/draft_head_probe.py --adapter hub_configs/smollm2-135m-space-gated \
         --data data/distill_v5.jsonl --heldout data/heldout_v5.jsonl --rows 600 --epochs 2
@@ -122,6 +125,27 @@ def report(data: dict[str, torch.Tensor], head_weight: torch.Tensor, k: int, hea
             "tokens_per_pass": round(1 + float(leading.sum(1).float().mean()), 3)}
 
 
+@torch.no_grad()
+def own_candidates(states: torch.Tensor, head_weight: torch.Tensor, count: int) -> torch.Tensor:
+    """[masks, count] ids of the tokens each mask's own logits rank highest."""
+    return torch.cat([(part @ head_weight.T).topk(count, -1).indices for part in states.split(2048)])
+
+
+def head_loss(z: torch.Tensor, part: dict[str, torch.Tensor], head_weight: torch.Tensor, name: str) -> torch.Tensor:
+    """The `--loss` of the head's outputs z [batch, hidden] (module docstring)."""
+    total = z.new_zeros(())
+    if name in ("vocab", "both"):
+        total = total + F.cross_entropy(z @ head_weight.T, part["target"])
+    if name in ("candidates", "both"):
+        chosen = part["candidates"]
+        hit = chosen == part["target"][:, None]  # [batch, candidates]
+        found = hit.any(-1)
+        if bool(found.any()):
+            scores = torch.einsum("bh,bch->bc", z[found], head_weight[chosen[found]])
+            total = total + F.cross_entropy(scores, hit[found].float().argmax(-1))
+    return total
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--adapter", required=True, help="A gated adapter folder (or gated SPACE model folder).")
@@ -134,6 +158,10 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, nargs="*", default=[8, 16, 32])
     parser.add_argument("--variant", nargs="+", default=["e"],
                         help="Heads to train, each 'e[,verify][,previous][:depth]' (module docstring).")
+    parser.add_argument("--loss", nargs="+", default=["vocab"], choices=["vocab", "candidates", "both"],
+                        help="What each head is trained on (module docstring).")
+    parser.add_argument("--train-candidates", type=int, default=16,
+                        help="Candidates of the `candidates` loss: the mask's own top N.")
     args = parser.parse_args()
     variants = {}  # name: (extra inputs, depth)
     for variant in args.variant:
@@ -157,7 +185,11 @@ def main() -> None:
     hidden = head_weight.shape[1]
     print("masks alone:", report(held, head_weight, k), flush=True)
     embedding = model.get_input_embeddings().weight.detach().float()
-    for variant, (extra, depth) in variants.items():
+    if {"candidates", "both"} & set(args.loss):
+        train["candidates"] = own_candidates(train["mask"], head_weight, args.train_candidates)
+    runs = [(variant, loss) for variant in variants for loss in args.loss]
+    for variant, loss_name in runs:
+        extra, depth = variants[variant]
         torch.manual_seed(0)
         head = ProbeHead(hidden, args.width or 4 * hidden, embedding, extra, depth)
         optimizer = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=0.0)
@@ -168,12 +200,13 @@ def main() -> None:
             order = torch.randperm(count)
             for start in range(0, count - batch + 1, batch):
                 part = {name: value[order[start : start + batch]] for name, value in train.items()}
-                loss = F.cross_entropy(head(part) @ head_weight.T, part["target"])
+                loss = head_loss(head(part), part, head_weight, loss_name)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
                 schedule.step()
-            print(f"{variant} epoch {epoch}: head, whole vocabulary:", report(held, head_weight, k, head), flush=True)
+            print(f"{variant} ({loss_name} loss) epoch {epoch}: head, whole vocabulary:",
+                  report(held, head_weight, k, head), flush=True)
             for candidates in args.candidates:
                 print(f"  head on the top {candidates}:", report(held, head_weight, k, head, candidates), flush=True)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import types
 import zipfile
 
 import pytest
@@ -112,6 +113,18 @@ def test_a_dtype_method_gets_one_copy_per_dtype_and_none_of_the_models_own_dtype
     models = runner._models_for_methods(bf16_model, methods, status)
     assert "plain_bf16" not in models and not status["plain_bf16"]["supported"]
     assert "already runs in bfloat16" in status["plain_bf16"]["error"]
+
+
+def test_a_copy_that_cannot_be_made_is_reported_not_fatal(target, monkeypatch):
+    def no_memory(model):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(runner, "copy", types.SimpleNamespace(deepcopy=no_memory))  # the runner's reference only
+    settings = BenchSettings(methods=("plain", "plain_bf16"), max_new_tokens=3, warmup_tokens=2, progress=False)
+    results = run_benchmark(target, tiny_tokenizer(), {"chat": tiny_suites()["chat"][:1]}, settings)
+    assert results["methods"]["plain_bf16"] == {
+        "supported": False, "error": "no bfloat16 copy: RuntimeError: out of memory"}
+    assert [r["method"] for r in results["prompts"]] == ["plain"]
 
 
 def test_space_numbers_are_consistent(results):

@@ -218,7 +218,8 @@ def run_benchmark(model, tokenizer, suites: dict[str, list[Prompt]], settings: B
 
 def _models_for_methods(model, methods, status: dict) -> dict:
     """The model each method runs on: `model`, or for a method with its own `dtype` a copy in that dtype (one per
-    dtype). A method whose dtype is the model's own is marked unsupported, with why."""
+    dtype). A method whose dtype is the model's own, or whose copy cannot be made (no memory for it, weights that
+    do not convert), is marked unsupported, with why."""
     copies, models = {}, {}
     for method in methods:
         dtype_name = METHODS[method].dtype
@@ -230,7 +231,12 @@ def _models_for_methods(model, methods, status: dict) -> dict:
             status[method] = {"supported": False, "error": f"the model already runs in {dtype_name}: that is `plain`"}
             continue
         if dtype not in copies:
-            copies[dtype] = copy.deepcopy(model).to(dtype)
+            try:
+                copies[dtype] = copy.deepcopy(model).to(dtype)
+            except Exception as error:  # a method that cannot run is a result to report, not a crash
+                status[method] = {"supported": False, "error": f"no {dtype_name} copy: {type(error).__name__}: {error}"}
+                logger.warning("%s is unsupported here: %s", method, status[method]["error"])
+                continue
             logger.info("%s runs on a %s copy of the model.", method, dtype_name)
         models[method] = copies[dtype]
     return models
