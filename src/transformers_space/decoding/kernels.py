@@ -35,12 +35,12 @@ intercepts every torch call of a pass, a measurable share of a small model's pas
 
 One row, two: a SPACE pass never multiplies one row (its LM head reads the verify rows and the mask rows at once),
 plain decoding always does, and on some CPUs MKL's matrix-vector path streams a large matrix far slower than its
-matrix-matrix path: on an AMD EPYC (2 cores), SmolLM2's LM head [49152 x 576] in fp32 takes 6.2 ms for one row and
-2.3 ms for two (BENCHMARKS.md, "The kernel-matched baseline on an AMD EPYC"). So a one-row weights-first product
+matrix-matrix path: on an AMD EPYC (2 cores), SmolLM2's LM head [49153 x 576] in fp32 takes 6.2 ms for one row and
+2.1 ms for two (BENCHMARKS.md, "The kernel-matched baseline on an AMD EPYC"). So a one-row weights-first product
 runs as two rows (the row twice; row 0 kept) for weights where that was measured faster on this machine
 (`pads_single_row`: timed once per weight shape and dtype in a process, both ways, and taken only when clearly
-faster), which makes the kernel-matched baseline use what SPACE's passes get, and a SPACE pass's own one-row
-products (the draft head's) too.
+faster). The kernel-matched baseline then gets what SPACE's passes get; a SPACE pass's own one-row products (the
+draft head's) take it too.
 
 Imports only torch and sibling modules (it ships as remote code).
 """
