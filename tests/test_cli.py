@@ -56,6 +56,20 @@ def test_errors_at_run_time_are_one_line(tmp_path, capsys):
     assert len(ours) == 1 and "Traceback" not in error
 
 
+def test_generate_defaults_to_the_shipped_adapter_as_bench_and_demo_do(monkeypatch):
+    import transformers_space.loading as loading
+
+    asked = []
+
+    def load_model(path, *args):
+        asked.append(path)
+        raise ValueError("stop here")  # what loads is tested elsewhere; here, which folder is asked for
+
+    monkeypatch.setattr(loading, "load_model", load_model)
+    assert main(["generate", "--prompt", "hi"]) == 2
+    assert asked == [None]  # load_model(None): the shipped adapter on its offline base
+
+
 def test_generate_runs_and_compares(tmp_path, capsys):
     torch.manual_seed(0)
     tokenizer = tiny_tokenizer()

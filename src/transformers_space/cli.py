@@ -25,8 +25,9 @@ Command = tuple[Callable[[argparse._SubParsersAction], argparse.ArgumentParser],
 
 def _generate_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("generate", help="Generate with SPACE and plain decoding, side by side.")
-    parser.add_argument("--model", required=True, type=model_location,
-                        help="Folder of a SPACE model, a gated adapter, or any supported plain model.")
+    parser.add_argument("--model", type=model_location,
+                        help="Folder of a SPACE model, a gated adapter, or any supported plain model (default: the "
+                        "offline SmolLM2-135M-Instruct with the shipped adapter, as for bench and demo).")
     parser.add_argument("--prompt", action="append", required=True, type=non_empty_text,
                         help="Prompt text; repeat for a batch.")
     parser.add_argument("--max-new-tokens", type=positive_int, default=64)
