@@ -61,6 +61,10 @@ def _space_full(settings, model, draft_model) -> dict:
     return {"use_space": True, "return_dict_in_generate": True, "space_layout": plan}
 
 
+def _space_full_masks(settings, model, draft_model) -> dict:
+    return {**_space_full(settings, model, draft_model), "context_lookup": False}
+
+
 def _space_default_kernel(settings, model, draft_model) -> dict:
     plan = replace(resolve_layout(model, settings.space_num_mask_tokens, None), kernels="linear")
     return {"use_space": True, "return_dict_in_generate": True, "space_layout": plan}
@@ -90,6 +94,8 @@ METHODS: dict[str, BenchMethod] = {method.name: method for method in (
                 "bf16's text)", _plain, dtype="bfloat16"),
     BenchMethod("space", "SPACE, layout from --space-num-mask-tokens (default: as trained)", _space),
     BenchMethod("space_full", "SPACE at the full layout: every trained mask, every group", _space_full),
+    BenchMethod("space_full_masks", "`space_full` with drafts from the masks alone (no context lookup)",
+                _space_full_masks, default=False),
     BenchMethod("space_default_kernel", "`space`'s layout with transformers' own modules", _space_default_kernel,
                 default=False),
     BenchMethod("prompt_lookup", "prompt lookup decoding (`prompt_lookup_num_tokens`)", _prompt_lookup),

@@ -83,7 +83,8 @@ def _measure_pass_costs(model, context_length, repeats, kernels) -> dict[int, fl
         count: (max(num_masks, 1),
                 build_pass_layout(random_ids(1), fresh_positions, random_ids(candidates), cache_positions,
                                   mask_token_id, max(num_masks, 1), list(range(groups))),
-                SpaceCandidateGenerator(mask_token_id, num_masks, draft_head=head_drafting) if num_masks else None)
+                SpaceCandidateGenerator(mask_token_id, num_masks, draft_head=head_drafting, context_lookup=True)
+                if num_masks else None)  # drafting as greedy decoding runs it, the context scan included
         for count, (num_masks, candidates, groups) in shapes.items()
     }
     timings: dict[int, list[float]] = {count: [] for count in passes}

@@ -95,9 +95,9 @@ def space_generate(model, base_generate, inputs=None, generation_config=None, lo
 
     A plain function (not only a method) so that a Hub `custom_generate/generate.py`, which replaces
     `model.generate` on a remote-code model, can run exactly the same logic. It resolves SPACE's own options
-    (`use_space`, `num_mask_tokens`, `space_layout`, `weights_first`) once, into a `SpaceLayoutPlan` for the
-    loop, and checks what only `generate`'s keyword arguments show; the loop checks the merged generation
-    config (`loop.check_generation`).
+    (`use_space`, `num_mask_tokens`, `space_layout`, `weights_first`, `context_lookup`) once, into a
+    `SpaceLayoutPlan` and the context-lookup switch for the loop, and checks what only `generate`'s keyword
+    arguments show; the loop checks the merged generation config (`loop.check_generation`).
     """
     space_config = SpaceConfig.of(model)
     if use_space is None:
@@ -106,6 +106,12 @@ def space_generate(model, base_generate, inputs=None, generation_config=None, lo
     if not isinstance(weights_first, bool):
         raise TypeError(f"`weights_first` should be a bool, got {weights_first!r}.")
     num_mask_tokens, space_layout = kwargs.pop("num_mask_tokens", None), kwargs.pop("space_layout", None)
+    context_lookup = kwargs.pop("context_lookup", None)
+    if context_lookup is None:
+        context_lookup = _own_config(model, generation_config, "context_lookup")
+    context_lookup = True if context_lookup is None else context_lookup
+    if not isinstance(context_lookup, bool):
+        raise TypeError(f"`context_lookup` should be a bool, got {context_lookup!r}.")
     # the same place in the processor list for plain and SPACE decoding: after transformers' own processors
     # and the caller's, before the sampling warpers (see SuppressMaskTokenLogitsProcessor)
     processors = LogitsProcessorList(logits_processor or [])
@@ -134,6 +140,7 @@ def space_generate(model, base_generate, inputs=None, generation_config=None, lo
         custom_generate=space_decoding,
         space_streamer=kwargs.pop("streamer", None),
         space_layout=plan,
+        space_context_lookup=context_lookup,
         **kwargs,
     )
 
@@ -186,8 +193,8 @@ def default_use_space(model, generation_config: GenerationConfig | None) -> bool
 
 
 def _own_config(model, generation_config: GenerationConfig | None, name: str):
-    """A SPACE setting (`use_space`, `num_mask_tokens`) from the generation config, or None; as an assistant,
-    from the assistant model's own config (see `default_use_space`)."""
+    """A SPACE setting (`use_space`, `num_mask_tokens`, `context_lookup`) from the generation config, or None; as
+    an assistant, from the assistant model's own config (see `default_use_space`)."""
     if generation_config is not None and getattr(generation_config, "is_assistant", False):
         if name == "use_space" and getattr(_local, "assistant_without_space", False):
             return False

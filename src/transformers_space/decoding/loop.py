@@ -65,6 +65,7 @@ def space_decoding(
     streamer=None,
     space_streamer=None,
     space_layout=None,
+    space_context_lookup: bool = True,
     **model_kwargs,
 ):
     """SPACE decoding: greedy output equals greedy `generate`; sampled output has sampling's distribution.
@@ -73,6 +74,7 @@ def space_decoding(
     only the callable's extra parameters), so the streamer travels as `space_streamer`, and this loop
     streams the prompt itself, as plain decoding does. `space_layout` (a `SpaceLayoutPlan`) picks the masks
     per group, which groups run and the pass kernels; default: every trained mask, every group.
+    `space_context_lookup`: greedy drafts may take tokens copied from earlier in the text (`lookup.py`).
     """
     space_config = SpaceConfig.of(model)
     mask_token_id = space_config.mask_token_id
@@ -92,7 +94,8 @@ def space_decoding(
         sampling = bool(generation_config.do_sample)
         draft_head = draft_head_of(model)
         head_drafting = None if draft_head is None else RestrictedDrafting(model, draft_head)
-        drafter = SpaceCandidateGenerator(mask_token_id, plan.num_masks, logits_processor, sampling, head_drafting)
+        drafter = SpaceCandidateGenerator(mask_token_id, plan.num_masks, logits_processor, sampling, head_drafting,
+                                          context_lookup=space_context_lookup)
         head = lm_head_of(model)
         position_limit = getattr(model.config, "n_positions", None)
         while True:
@@ -122,7 +125,8 @@ def space_decoding(
                     drafter.set_draft_logits(logits.drafts(rows))
                 else:
                     drafter.set_draft_logits(logits.drafts(rows), logits.hidden_at(rows), next_token)
-            drafts, draft_scores = drafter.get_candidates(state.rows.verified(state.sequences)[0])
+            verified, lengths = state.rows.verified(state.sequences)
+            drafts, draft_scores = drafter.get_candidates(verified, lengths=lengths)
             candidates = drafts[:, drafts.shape[1] - rows.shape[1] :]
             state.advance(layout, accepted, next_token, candidates, draft_scores, generation_config)
         if streamer is not None:

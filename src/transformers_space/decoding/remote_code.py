@@ -22,7 +22,7 @@ HERE = Path(__file__).parent
 # The decoding core: what `custom_generate/generate.py` imports, directly or not.
 CORE_MODULES = (
     "architectures.py", "autotune.py", "candidates.py", "compat.py", "configuration.py", "draft_head.py",
-    "forward.py", "gated.py", "generation.py", "kernels.py", "layout.py", "loop.py", "modeling_space.py",
+    "forward.py", "gated.py", "generation.py", "kernels.py", "layout.py", "lookup.py", "loop.py", "modeling_space.py",
     "planning.py", "remote_code.py", "verify.py",
 )
 

@@ -291,8 +291,9 @@ class SpaceTrainer(Trainer):
         """Per evaluation row, the accepted counts of the passes greedy SPACE at the full
         layout would make if it generated that row's answer: every valid block start is drafted teacher-forced
         in one forward, then `greedy_chain_accepted` walks from the first answer position. On self-distilled
-        rows (the base's own greedy answers) this is what generation measures (`acceptance_rates` of the
-        pooled counts, tokens per pass = mean count + 1), at the cost of one forward per row.
+        rows (the base's own greedy answers) this is what generation measures with the masks' own drafts
+        (`context_lookup=False`; `acceptance_rates` of the pooled counts, tokens per pass = mean count + 1), at the
+        cost of one forward per row.
 
         Why beside `eval_sar_agreement_j`: agreement weighs every position alike, generation drafts only from
         where the previous pass stopped, mostly right after a rejected draft; the two can move apart."""
