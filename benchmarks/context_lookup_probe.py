@@ -23,6 +23,7 @@ import torch
 
 from transformers_space import SpaceLayoutPlan
 from transformers_space.decoding.candidates import SpaceCandidateGenerator
+from transformers_space.decoding.lookup import context_continuation
 from transformers_space.loading import load_model
 from transformers_space.prompts import encode_prompts
 from transformers_space.training.distill import select_prompts
@@ -51,16 +52,6 @@ def recording_drafts(records: list):
         SpaceCandidateGenerator.get_candidates = original
 
 
-def continuation(context: list[int], length: int, min_ngram: int, max_ngram: int) -> list[int]:
-    for size in range(max_ngram, min_ngram - 1, -1):
-        if len(context) <= size:
-            continue
-        for start in range(len(context) - size - 1, -1, -1):
-            if context[start : start + size] == context[-size:]:
-                return context[start + size : start + size + length]
-    return []
-
-
 def accepted(drafts: list[int], truth: list[int]) -> int:
     count = 0
     for draft, token in zip(drafts, truth, strict=False):  # truth may be longer
@@ -82,7 +73,7 @@ def replay(rows: list[dict], suite: str, ratio: float, min_ngram: int, max_ngram
             if len(truth) < len(tokens):
                 continue  # the text ends inside this pass
             masks = [ranked[0] for ranked in tokens]
-            lookup = continuation(text[:length], len(tokens), min_ngram, max_ngram)
+            lookup = context_continuation(text[:length], len(tokens), min_ngram, max_ngram)
             hybrid, following = [], True
             for j, ranked in enumerate(tokens):
                 proposed = lookup[j] if following and j < len(lookup) else None
