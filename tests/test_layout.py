@@ -157,3 +157,20 @@ def test_pass_logits_read_the_rows_draft_rows_names(merged_limit, monkeypatch):
         rows = draft_rows(layout, group_after, torch.tensor(accepted), torch.tensor([True, True]))
         expected = head(hidden.gather(1, rows[..., None].expand(-1, -1, 8))).float()
         torch.testing.assert_close(logits.drafts(rows), expected)
+
+
+def test_draft_rows_beyond_the_masks_give_no_drafts():
+    """A pass may verify more candidates than there are masks (a context lookup's extension) with a group after
+    all of them: accepting them all drafts from that group; accepting only some leaves no group that saw exactly
+    the accepted text within reach, so no row drafts (n = 0), rather than a negative count."""
+    num_masks, group_after = 1, [0, 1, 4]
+    layout = build_pass_layout(
+        torch.tensor([[5], [6]]), torch.tensor([[7], [9]]), torch.tensor([[3, 4, 2, 8], [8, 2, 3, 3]]),
+        torch.arange(9)[None].expand(2, -1), mask_token_id=1, num_masks=num_masks, group_after=group_after,
+    )
+    active = torch.tensor([True, True])
+    assert draft_rows(layout, group_after, torch.tensor([4, 4]), active).tolist() == [[layout.group_rows[2, 0]]] * 2
+    assert draft_rows(layout, group_after, torch.tensor([1, 0]), active).tolist() == [
+        [layout.group_rows[1, 0]], [layout.group_rows[0, 0]]]
+    for accepted in ([2, 0], [3, 4], [2, 3]):
+        assert draft_rows(layout, group_after, torch.tensor(accepted), active).shape == (2, 0)

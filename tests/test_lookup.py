@@ -5,16 +5,27 @@ import pytest
 import torch
 from tiny_models import ARCHITECTURES, random_prompts, tiny_model
 
-from transformers_space import SpaceCandidateGenerator
-from transformers_space.decoding.lookup import LOOKUP_CANDIDATES, context_continuation
+from transformers_space import SpaceCandidateGenerator, SpaceLayoutPlan
+from transformers_space.decoding import candidates as candidates_module
+from transformers_space.decoding.lookup import (
+    EXTENSION_MIN_NGRAM,
+    LOOKUP_CANDIDATES,
+    context_continuation,
+    context_match,
+)
 
 
 def naive_continuation(tokens, length, min_ngram, max_ngram):
-    """The definition, spelled out: for n from max_ngram down, the most recent earlier occurrence of the last n."""
+    """The definition, spelled out: for n from max_ngram down, the most recent earlier occurrence of the last n; what
+    followed it, and past the end of the text the text once more with the period that occurrence shows."""
     for size in range(min(max_ngram, len(tokens) - 1), min_ngram - 1, -1):
         for start in range(len(tokens) - size - 1, -1, -1):
             if tokens[start : start + size] == tokens[-size:]:
-                return tokens[start + size : start + size + length]
+                period = len(tokens) - start - size
+                extended = list(tokens)
+                while len(extended) < len(tokens) + length:
+                    extended.append(extended[-period])
+                return extended[start + size : start + size + length]
     return []
 
 
@@ -35,9 +46,10 @@ def test_no_match_short_context_and_the_minimum():
 
 
 def test_overlapping_match_and_the_end_of_the_text():
-    assert context_continuation([1, 2, 1, 2], 4) == [1, 2]  # "1 2" at 0-1, continued up to the end only
-    assert context_continuation([3, 3, 3, 3], 4, max_ngram=2) == [3]  # the most recent "3 3" ends at index 2
-    assert context_continuation([4, 4, 4, 4, 4], 2) == [4]  # the longest earlier run of 4s ends at index 3
+    assert context_continuation([1, 2, 1, 2], 4) == [1, 2, 1, 2]  # "1 2" at 0-1: period 2, past the end as well
+    assert context_continuation([3, 3, 3, 3], 4, max_ngram=2) == [3, 3, 3, 3]  # "3 3" most recently at 1-2: period 1
+    assert context_continuation([5, 1, 2, 3, 1, 2], 5) == [3, 1, 2, 3, 1]  # "1 2" at 1-2: period 3
+    assert context_continuation([4, 4, 4, 4, 4], 2) == [4, 4]
 
 
 @pytest.mark.parametrize("min_ngram,max_ngram", [(1, 1), (1, 3), (2, 6), (3, 4)])
@@ -73,8 +85,9 @@ def drafter_logits(rankings: list[list[int]]) -> torch.Tensor:
     return logits
 
 
-def draft(rankings, context, lookup=True, do_sample=False, lengths=None):
-    drafter = SpaceCandidateGenerator(MASK, len(rankings), do_sample=do_sample, context_lookup=lookup)
+def draft(rankings, context, lookup=True, do_sample=False, lengths=None, extension=0):
+    drafter = SpaceCandidateGenerator(MASK, len(rankings), do_sample=do_sample, context_lookup=lookup,
+                                      lookup_extension=extension)
     logits = drafter_logits(rankings).expand(len(context), -1, -1)
     drafter.set_draft_logits(logits)
     ids = torch.tensor(context)
@@ -167,3 +180,90 @@ def test_context_lookup_setting_from_the_generation_config_and_bad_values():
     assert off.tokens_per_pass == explicit.tokens_per_pass
     with pytest.raises(TypeError, match="context_lookup"):
         model.generate(prompt, max_new_tokens=4, use_space=True, context_lookup="yes")
+
+
+# --- the extension: lookup tokens drafted after the masks' drafts ------------------------------------------------
+
+
+def naive_match_size(tokens, min_ngram, max_ngram):
+    """The longest n (min_ngram..max_ngram) whose last n tokens occurred earlier; 0 if none."""
+    for size in range(min(max_ngram, len(tokens) - 1), min_ngram - 1, -1):
+        if any(tokens[start : start + size] == tokens[-size:] for start in range(len(tokens) - size)):
+            return size
+    return 0
+
+
+def test_context_match_says_how_long_the_matched_end_is():
+    tokens = [5, 2, 3, 4, 4, 9, 2, 3, 6, 5, 2, 3]
+    assert context_match(tokens, 2) == (3, [4, 4])  # "5 2 3"
+    assert context_match([1, 2, 3, 4], 4) == (0, [])
+    generator = torch.Generator().manual_seed(5)
+    for trial in range(300):
+        tokens = torch.randint(0, 2 + trial % 5, (int(torch.randint(0, 30, (1,), generator=generator)),),
+                               generator=generator).tolist()
+        size, continuation = context_match(tokens, 3)
+        assert size == naive_match_size(tokens, 2, 6), tokens
+        assert continuation == context_continuation(tokens, 3)
+
+
+def batch_for_extension():
+    """Three rows of 16 tokens. A: its last 6 tokens occurred before (followed by 7 8 9 29 1 ...). B: the same end,
+    once followed by 26 27 ..., a token the masks rank too low. C: only its last 2 tokens occurred before."""
+    row_a = [1, 2, 3, 4, 5, 6, 7, 8, 9, 29, 1, 2, 3, 4, 5, 6]
+    row_b = [1, 2, 3, 4, 5, 6, 26, 27, 28, 29, 1, 2, 3, 4, 5, 6]
+    row_c = [3, 1, 2, 7, 8, 9, 31, 32, 33, 34, 35, 36, 37, 38, 1, 2]
+    others = list(range(10, 10 + LOOKUP_CANDIDATES))
+    rankings = [[30, 7] + others, [8]]  # mask 0 ranks 7 second and 26 below 17 others; mask 1 favours 8
+    return [row_a, row_b, row_c], rankings
+
+
+def test_extension_continues_the_lookup_past_the_masks():
+    assert 3 <= EXTENSION_MIN_NGRAM <= 6  # row A's match (6) is long enough and row C's (2) is not
+    context, rankings = batch_for_extension()
+    # A followed its lookup through both masks: 3 more of its tokens. B left its lookup at mask 0 and C's match is
+    # short: no extension, padded with token 0 to the batch's width.
+    assert draft(rankings, context, extension=3) == [[7, 8, 9, 29, 1], [30, 8, 0, 0, 0], [7, 8, 0, 0, 0]]
+    assert draft(rankings, context, extension=0) == [[7, 8], [30, 8], [7, 8]]
+    assert draft(rankings, context[1:], extension=3) == [[30, 8], [7, 8]]  # nobody extends: no extra columns
+    assert draft(rankings, context, lookup=False, extension=3) == [[30, 8], [30, 8], [30, 8]]
+    # past the end of the text row A's lookup repeats the text's period (10 tokens)
+    assert draft(rankings, [context[0]], extension=9)[0] == [7, 8, 9, 29, 1, 2, 3, 4, 5, 6, 7]
+
+
+def test_sampling_never_extends_and_bad_extension_settings_are_refused():
+    sampler = SpaceCandidateGenerator(MASK, 2, do_sample=True, context_lookup=True, lookup_extension=4)
+    assert sampler.lookup_extension == 0
+    model = tiny_model("llama", seed=1, num_mask_tokens=3)
+    prompt = repetitive_prompt(3)
+    for bad, error in ((-1, ValueError), (True, TypeError), (2.0, TypeError), ("4", TypeError)):
+        with pytest.raises(error, match="lookup_extension"):
+            model.generate(prompt, max_new_tokens=4, use_space=True, lookup_extension=bad)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_lossless_with_the_extension_at_every_length_and_layout(arch, monkeypatch):
+    """With the extension, passes verify more candidates than there are masks, and a pass that accepts only some of
+    them leaves no group to draft from: greedy output still equals plain greedy, for every max_new_tokens (a stop
+    inside an extension), with an EOS met inside one, at the full layout and at a one-mask layout, batched and
+    left-padded; and the extension ran (some pass emitted more tokens than the masks could draft). Random models
+    rarely repeat 5 tokens, so extensions start from 2-token matches here (losslessness cannot depend on it)."""
+    monkeypatch.setattr(candidates_module, "EXTENSION_MIN_NGRAM", 2)
+    extended = 0
+    for seed in range(2):
+        model = tiny_model(arch, seed=seed, num_mask_tokens=2, drafty=seed == 0)
+        prompts = [repetitive_prompt(seed, 18), repetitive_prompt(seed + 7, 12)]
+        batch = torch.cat([prompts[0], torch.cat([torch.zeros(1, 6, dtype=torch.long), prompts[1]], 1)])
+        mask = (torch.arange(18)[None, :] >= torch.tensor([[0], [6]])).long()
+        for plan in (SpaceLayoutPlan.full(2), SpaceLayoutPlan(1, (0, 1))):
+            for max_new_tokens in (1, 5, 9, 24):
+                plain = model.generate(prompts[0], do_sample=False, max_new_tokens=max_new_tokens)
+                space = model.generate(prompts[0], do_sample=False, max_new_tokens=max_new_tokens, use_space=True,
+                                       space_layout=plan, lookup_extension=4, return_dict_in_generate=True)
+                assert torch.equal(plain, space.sequences), (arch, plan, max_new_tokens)
+                extended += max(space.tokens_per_pass[0]) > plan.num_masks + 1
+            eos = int(plain[0, -5])  # a token greedy text emits: decoding stops there
+            kwargs = dict(do_sample=False, max_new_tokens=24, eos_token_id=eos, pad_token_id=0, attention_mask=mask)
+            plain = model.generate(batch, **kwargs)
+            space = model.generate(batch, use_space=True, space_layout=plan, lookup_extension=4, **kwargs)
+            assert torch.equal(plain, space), (arch, plan, "batch")
+    assert extended, arch

@@ -8,6 +8,8 @@ from tiny_models import ARCHITECTURES, VOCAB, left_padded, random_prompts, tiny_
 from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
+from transformers_space.decoding.lookup import LOOKUP_EXTENSION
+
 
 def generate_both(model, input_ids, **kwargs):
     """(plain output ids, SPACE output with tokens_per_pass), same arguments otherwise."""
@@ -23,7 +25,8 @@ def assert_lossless(model, input_ids, **kwargs):
     generated = plain.shape[1] - input_ids.shape[1]
     pad = model.generation_config.pad_token_id if kwargs.get("pad_token_id") is None else kwargs["pad_token_id"]
     for row, counts in enumerate(space.tokens_per_pass):
-        assert all(1 <= c <= model.config.space_config["num_mask_tokens"] + 1 for c in counts)
+        # the masks' drafts, the context lookup's extension (LOOKUP_EXTENSION by default) and the bonus token
+        assert all(1 <= c <= model.config.space_config["num_mask_tokens"] + 1 + LOOKUP_EXTENSION for c in counts)
         if kwargs.get("eos_token_id") is None:
             assert sum(counts) == generated
         else:

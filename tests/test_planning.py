@@ -7,6 +7,7 @@ from tiny_models import left_padded, random_prompts, tiny_model
 
 from transformers_space import SpaceConfig
 from transformers_space.decoding.autotune import auto_plan, calibrate_acceptance, cost_function, measure_pass_costs
+from transformers_space.decoding.lookup import LOOKUP_EXTENSION
 from transformers_space.decoding.planning import (
     SpaceLayoutPlan,
     acceptance_rates,
@@ -123,7 +124,8 @@ def test_every_plan_is_lossless(plan, arch, verification_log):
         space = model.generate(ids, use_space=True, space_layout=plan, return_dict_in_generate=True, **kwargs)
         assert torch.equal(plain, space.sequences)
         assert space.space_layout == plan.to_dict()
-        assert all(count <= plan.num_masks + 1 for counts in space.tokens_per_pass for count in counts)
+        most = plan.num_masks + 1 + LOOKUP_EXTENSION  # the masks' drafts, the lookup's extension, the bonus token
+        assert all(count <= most for counts in space.tokens_per_pass for count in counts)
     if plan.groups:
         assert max(verification_log.counts()) >= 1
     else:  # nothing to draft: transformers' own loop ran, not SPACE's
@@ -259,3 +261,11 @@ def test_auto_drafts_only_for_a_clear_expected_gain(caplog):
     assert "plain decoding." in caplog.text
     warnings = [record for record in caplog.records if record.levelname == "WARNING"]
     assert len(warnings) == 1 and "not expected to pay" in warnings[0].getMessage()  # once per model, not per call
+
+
+def test_groups_for_a_pass_with_more_candidates_than_masks():
+    """A context lookup's extension: beyond `num_masks` candidates a group also runs after the last one."""
+    assert SpaceLayoutPlan(1, (0, 1)).groups_for(4) == [0, 1, 4]
+    assert SpaceLayoutPlan.full(2).groups_for(2) == [0, 1, 2]
+    assert SpaceLayoutPlan.full(2).groups_for(5) == [0, 1, 2, 5]
+    assert SpaceLayoutPlan(0, ()).groups_for(0) == []

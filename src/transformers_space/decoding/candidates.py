@@ -20,7 +20,7 @@ import torch
 from transformers import LogitsProcessorList
 from transformers.generation.candidate_generator import CandidateGenerator
 
-from .lookup import LOOKUP_CANDIDATES, context_continuation
+from .lookup import EXTENSION_MIN_NGRAM, LOOKUP_CANDIDATES, context_match
 
 
 class SpaceCandidateGenerator(CandidateGenerator):
@@ -32,15 +32,18 @@ class SpaceCandidateGenerator(CandidateGenerator):
         do_sample: bool = False,
         draft_head=None,
         context_lookup: bool = False,
+        lookup_extension: int = 0,
     ):
         """`draft_head`: None, or `(hidden, before_ids, mask_logits) -> logits` (a `draft_head.RestrictedDrafting`).
-        `context_lookup`: offer the masks tokens copied from earlier in the text (greedy drafting only)."""
+        `context_lookup`: offer the masks tokens copied from earlier in the text (greedy drafting only).
+        `lookup_extension`: most tokens the lookup may draft after the masks' drafts (with `context_lookup`)."""
         self.mask_token_id = mask_token_id
         self.num_mask_tokens = num_mask_tokens
         self.logits_processor = logits_processor if logits_processor is not None else LogitsProcessorList()
         self.do_sample = do_sample
         self.draft_head = draft_head
         self.context_lookup = context_lookup and not do_sample
+        self.lookup_extension = lookup_extension if self.context_lookup else 0
         self.draft_logits: torch.Tensor | None = None
         self.draft_hidden: torch.Tensor | None = None
         self.first_before: torch.Tensor | None = None
@@ -56,7 +59,8 @@ class SpaceCandidateGenerator(CandidateGenerator):
 
     def get_candidates(self, input_ids: torch.LongTensor, lengths: torch.Tensor | None = None,
                        **kwargs) -> tuple[torch.LongTensor, torch.Tensor | None]:
-        """Append the drafts to `input_ids`; also return the processed draft scores [batch, k, vocab].
+        """Append the drafts to `input_ids`; also return the processed draft scores [batch, k, vocab] of the k
+        masks' drafts (a lookup extension's tokens, greedy only, come after them and have none).
 
         `lengths` [batch]: each row's length when `input_ids` is right-padded (default: all of it); the context
         lookup reads only those tokens."""
@@ -64,7 +68,7 @@ class SpaceCandidateGenerator(CandidateGenerator):
             self.draft_logits = None
             return input_ids, None
         count = self.draft_logits.shape[1]
-        lookups = self._lookups(input_ids, lengths, count) if self.context_lookup else None
+        lookups = self._lookups(input_ids, lengths, count, self.lookup_extension) if self.context_lookup else None
         sequence, drafted_scores = input_ids, []
         before = self.first_before
         for position in range(count):
@@ -82,17 +86,31 @@ class SpaceCandidateGenerator(CandidateGenerator):
             drafted_scores.append(scores)
             before = token.squeeze(1)
         self.draft_logits = self.draft_hidden = self.first_before = None
+        if lookups is not None and self.lookup_extension:
+            sequence = torch.cat([sequence, self._extension(lookups[:, count:]).to(sequence.dtype)], dim=1)
         return sequence, torch.stack(drafted_scores, dim=1)
 
     @staticmethod
-    def _lookups(input_ids: torch.Tensor, lengths: torch.Tensor | None, count: int) -> torch.Tensor | None:
-        """[batch, count] the context lookup's continuation of each row (`lookup.context_continuation`), -1 where
-        it has none; None when no row has one."""
+    def _extension(rest: torch.Tensor) -> torch.Tensor:
+        """[batch, e] the lookup's tokens after the masks' drafts, for the rows that followed it through every mask
+        (`rest`: the lookups' remaining columns, -1 where a row has none); e = the longest such run, shorter rows
+        padded with token 0 (any token is safe to verify: one that happens to be accepted is the model's own)."""
+        width = int((rest >= 0).sum(1).max()) if rest.numel() else 0
+        return rest[:, :width].clamp(min=0)
+
+    @staticmethod
+    def _lookups(input_ids: torch.Tensor, lengths: torch.Tensor | None, count: int,
+                 extension: int = 0) -> torch.Tensor | None:
+        """[batch, count + extension] the context lookup's continuation of each row (`lookup.context_match`), -1
+        where it has none (the `extension` columns only where the match is at least EXTENSION_MIN_NGRAM long);
+        None when no row has one."""
         rows = input_ids.tolist()
         ends = lengths.tolist() if lengths is not None else [len(row) for row in rows]
-        found = torch.full((len(rows), count), -1, dtype=torch.long)
+        found = torch.full((len(rows), count + extension), -1, dtype=torch.long)
         for index, (row, end) in enumerate(zip(rows, ends, strict=True)):
-            continuation = context_continuation(row[:end], count)
+            size, continuation = context_match(row[:end], count + extension)
+            if size < EXTENSION_MIN_NGRAM:
+                continuation = continuation[:count]
             found[index, : len(continuation)] = torch.tensor(continuation, dtype=torch.long)
         return found.to(input_ids.device) if bool((found[:, 0] >= 0).any()) else None
 

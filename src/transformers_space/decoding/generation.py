@@ -20,6 +20,7 @@ from .autotune import auto_plan
 from .configuration import SpaceConfig
 from .gated import install_gated_adapters
 from .kernels import kernels_named
+from .lookup import LOOKUP_EXTENSION
 from .loop import space_decoding
 from .planning import SpaceLayoutPlan
 from .remote_code import write_custom_generate, write_model_card
@@ -95,8 +96,8 @@ def space_generate(model, base_generate, inputs=None, generation_config=None, lo
 
     A plain function (not only a method) so that a Hub `custom_generate/generate.py`, which replaces
     `model.generate` on a remote-code model, can run exactly the same logic. It resolves SPACE's own options
-    (`use_space`, `num_mask_tokens`, `space_layout`, `weights_first`, `context_lookup`) once, into a
-    `SpaceLayoutPlan` and the context-lookup switch for the loop, and checks what only `generate`'s keyword
+    (`use_space`, `num_mask_tokens`, `space_layout`, `weights_first`, `context_lookup`, `lookup_extension`) once,
+    into a `SpaceLayoutPlan` and the context-lookup settings for the loop, and checks what only `generate`'s keyword
     arguments show; the loop checks the merged generation config (`loop.check_generation`).
     """
     space_config = SpaceConfig.of(model)
@@ -112,6 +113,14 @@ def space_generate(model, base_generate, inputs=None, generation_config=None, lo
     context_lookup = True if context_lookup is None else context_lookup
     if not isinstance(context_lookup, bool):
         raise TypeError(f"`context_lookup` should be a bool, got {context_lookup!r}.")
+    lookup_extension = kwargs.pop("lookup_extension", None)
+    if lookup_extension is None:
+        lookup_extension = _own_config(model, generation_config, "lookup_extension")
+    lookup_extension = LOOKUP_EXTENSION if lookup_extension is None else lookup_extension
+    if isinstance(lookup_extension, bool) or not isinstance(lookup_extension, int):
+        raise TypeError(f"`lookup_extension` should be an int (tokens; 0 turns it off), got {lookup_extension!r}.")
+    if lookup_extension < 0:
+        raise ValueError(f"`lookup_extension` should be at least 0 (0 turns it off), got {lookup_extension}.")
     # the same place in the processor list for plain and SPACE decoding: after transformers' own processors
     # and the caller's, before the sampling warpers (see SuppressMaskTokenLogitsProcessor)
     processors = LogitsProcessorList(logits_processor or [])
@@ -141,6 +150,7 @@ def space_generate(model, base_generate, inputs=None, generation_config=None, lo
         space_streamer=kwargs.pop("streamer", None),
         space_layout=plan,
         space_context_lookup=context_lookup,
+        space_lookup_extension=lookup_extension,
         **kwargs,
     )
 
@@ -193,8 +203,8 @@ def default_use_space(model, generation_config: GenerationConfig | None) -> bool
 
 
 def _own_config(model, generation_config: GenerationConfig | None, name: str):
-    """A SPACE setting (`use_space`, `num_mask_tokens`, `context_lookup`) from the generation config, or None; as
-    an assistant, from the assistant model's own config (see `default_use_space`)."""
+    """A SPACE setting (`use_space`, `num_mask_tokens`, `context_lookup`, `lookup_extension`) from the generation
+    config, or None; as an assistant, from the assistant model's own config (see `default_use_space`)."""
     if generation_config is not None and getattr(generation_config, "is_assistant", False):
         if name == "use_space" and getattr(_local, "assistant_without_space", False):
             return False

@@ -163,14 +163,15 @@ def draft_rows(layout: PassLayout, group_after: Sequence[int], accepted: torch.T
     A row that accepted a candidates takes the group run after the largest candidate count g <= a; its
     mask j sits at position p + g + 1 + j and predicts the token after it, so masks a - g .. k - 1 draft
     the tokens after the bonus token. n is the number of drafts every active row can supply (all rows
-    verify the same number of candidates next pass).
+    verify the same number of candidates next pass); 0 when a row accepted more candidates than its group has
+    masks to reach past (a context lookup's extension accepted in part).
     """
     if not len(group_after):  # nothing drafts: the next pass verifies no candidates
         return layout.group_rows.new_empty(accepted.shape[0], 0)
     after = torch.as_tensor(list(group_after), device=accepted.device)
     group = (after[None, :] <= accepted[:, None]).sum(1) - 1
     offset = torch.where(active, accepted - after[group], 0)
-    count = layout.group_rows.shape[1] - int(offset.max())
+    count = max(0, layout.group_rows.shape[1] - int(offset.max()))
     index = offset[:, None] + torch.arange(count, device=accepted.device)[None, :]
     return layout.group_rows[group[:, None], index]
 

@@ -10,6 +10,13 @@ masks veto lookups they find unlikely (a bare lookup is mostly wrong on chat), t
 half know. On training-split prompts outside the training data this added about +0.1 tokens per pass on code
 and +0.2 on chat at the full layout (BENCHMARKS.md, "Context lookup").
 
+The extension: a row that followed its lookup through every mask, with a matched end of at least
+`EXTENSION_MIN_NGRAM` tokens, also drafts up to `lookup_extension` more of the lookup's tokens after the masks'
+drafts (the pass then verifies more candidates than there are masks, and runs one more mask group after the last,
+`SpaceLayoutPlan.groups_for`). Where the masks agreed with a long match, the copied text tends to go on: a lookup
+whose masks agree is right far more often than a bare one. Extra candidates cost a CPU pass time, so only long
+matches extend (BENCHMARKS.md, "Lookup extension": on a 2-core EPYC shorter matches made chat slower).
+
 Drafts only, as every draft: verification is unchanged, so greedy output stays exactly plain greedy output. Greedy
 only: a sampled draft must be drawn from the distribution q it is verified against, and a rule that picks between
 two sources is not such a draw, so sampling drafts from the masks alone.
@@ -25,6 +32,8 @@ from collections.abc import Sequence
 
 LOOKUP_CANDIDATES = 16  # a lookup token is taken where the mask ranks it this high
 MIN_NGRAM, MAX_NGRAM = 2, 6  # the matched end of the text: at least 2 tokens (1 is mostly chance), at most 6
+LOOKUP_EXTENSION = 4  # default: most lookup tokens drafted after the masks' drafts
+EXTENSION_MIN_NGRAM = 5  # an extension only where the matched end is at least this long
 
 
 def context_continuation(tokens: Sequence[int], length: int, min_ngram: int = MIN_NGRAM,
@@ -33,15 +42,23 @@ def context_continuation(tokens: Sequence[int], length: int, min_ngram: int = MI
     `max_ngram` tokens; the most recent occurrence among equally long ones); [] when no end of at least
     `min_ngram` tokens occurred before.
 
-    An occurrence may overlap the end itself ("a b a b" continues "a b" with "a b"), and the continuation never
-    runs past the end of `tokens`. One backward scan: a small model's contexts are a few hundred tokens.
+    An occurrence may overlap the end itself ("a b a b" continues "a b" with "a b"). Where the continuation reaches
+    the end of `tokens`, it goes on with itself: an end that occurred d tokens earlier says the text repeats with
+    period d ("a b a b" continues "a b a b ...", "x x x" continues "x x ..."), which is what a model caught in a
+    loop goes on doing. One backward scan: a small model's contexts are a few hundred tokens.
     """
+    return context_match(tokens, length, min_ngram, max_ngram)[1]
+
+
+def context_match(tokens: Sequence[int], length: int, min_ngram: int = MIN_NGRAM,
+                  max_ngram: int = MAX_NGRAM) -> tuple[int, list[int]]:
+    """(how many tokens the matched end is long, `context_continuation`); (0, []) without a match."""
     if length < 1 or not 1 <= min_ngram <= max_ngram:
         raise ValueError(f"need length >= 1 and 1 <= min_ngram <= max_ngram; got {length}, {min_ngram}, {max_ngram}.")
     tokens = list(tokens)
     count = len(tokens)
     if count < 2:
-        return []
+        return 0, []
     best_size, best_end, last = 0, -1, tokens[-1]
     for end in range(count - 2, -1, -1):  # end: where an earlier occurrence ends
         if tokens[end] != last:
@@ -54,5 +71,9 @@ def context_continuation(tokens: Sequence[int], length: int, min_ngram: int = MI
             if size == max_ngram:
                 break
     if best_size < min_ngram:
-        return []
-    return tokens[best_end + 1 : best_end + 1 + length]
+        return 0, []
+    period = count - 1 - best_end
+    continuation = tokens[best_end + 1 : best_end + 1 + length]
+    while len(continuation) < length:  # past the end of the text: the text repeats with this period
+        continuation.append(continuation[len(continuation) - period])
+    return best_size, continuation

@@ -43,6 +43,7 @@ from .forward import PassLogits, forward_block, lm_head_of, without_autograd
 from .gated import masks_per_group
 from .kernels import kernels_named
 from .layout import INVALID, PassLayout, build_pass_layout, cache_positions_after_pass, draft_rows, prompt_positions
+from .lookup import LOOKUP_EXTENSION
 from .planning import SpaceLayoutPlan
 from .verify import verify_pass, with_mask_suppressed
 
@@ -66,6 +67,7 @@ def space_decoding(
     space_streamer=None,
     space_layout=None,
     space_context_lookup: bool = True,
+    space_lookup_extension: int = LOOKUP_EXTENSION,
     **model_kwargs,
 ):
     """SPACE decoding: greedy output equals greedy `generate`; sampled output has sampling's distribution.
@@ -74,7 +76,8 @@ def space_decoding(
     only the callable's extra parameters), so the streamer travels as `space_streamer`, and this loop
     streams the prompt itself, as plain decoding does. `space_layout` (a `SpaceLayoutPlan`) picks the masks
     per group, which groups run and the pass kernels; default: every trained mask, every group.
-    `space_context_lookup`: greedy drafts may take tokens copied from earlier in the text (`lookup.py`).
+    `space_context_lookup`: greedy drafts may take tokens copied from earlier in the text, and
+    `space_lookup_extension` more of them after the masks' drafts (`lookup.py`).
     """
     space_config = SpaceConfig.of(model)
     mask_token_id = space_config.mask_token_id
@@ -95,7 +98,8 @@ def space_decoding(
         draft_head = draft_head_of(model)
         head_drafting = None if draft_head is None else RestrictedDrafting(model, draft_head)
         drafter = SpaceCandidateGenerator(mask_token_id, plan.num_masks, logits_processor, sampling, head_drafting,
-                                          context_lookup=space_context_lookup)
+                                          context_lookup=space_context_lookup,
+                                          lookup_extension=space_lookup_extension)
         head = lm_head_of(model)
         position_limit = getattr(model.config, "n_positions", None)
         while True:
@@ -127,7 +131,7 @@ def space_decoding(
                     drafter.set_draft_logits(logits.drafts(rows), logits.hidden_at(rows), next_token)
             verified, lengths = state.rows.verified(state.sequences)
             drafts, draft_scores = drafter.get_candidates(verified, lengths=lengths)
-            candidates = drafts[:, drafts.shape[1] - rows.shape[1] :]
+            candidates = drafts[:, verified.shape[1] :]
             state.advance(layout, accepted, next_token, candidates, draft_scores, generation_config)
         if streamer is not None:
             streamer.end()

@@ -48,7 +48,10 @@ class SpaceLayoutPlan:
         return cls(num_masks, tuple(range(num_masks + 1)))
 
     def groups_for(self, num_candidates: int) -> list[int]:
-        return [group for group in self.groups if group <= num_candidates]
+        """The groups a pass verifying `num_candidates` runs; beyond `num_masks` (a context lookup's extension) also
+        one after every candidate, so that a pass that accepts them all drafts on."""
+        groups = [group for group in self.groups if group <= num_candidates]
+        return groups + [num_candidates] if num_candidates > self.num_masks and groups else groups
 
     def tokens_in_pass(self, num_candidates: int) -> int:
         return 1 + num_candidates + len(self.groups_for(num_candidates)) * self.num_masks
