@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from transformers_space import SpaceConfig, SpaceLayoutPlan
 from transformers_space.arguments import add_dtype_argument
+from transformers_space.decoding.lookup import LOOKUP_EXTENSION
 from transformers_space.decoding.planning import acceptance_rates
 from transformers_space.loading import load_model
 from transformers_space.prompts import encode_prompts
@@ -35,15 +36,19 @@ logger = logging.getLogger("heldout_acceptance")
 HELDOUT_SEED = 0  # the order of held-out prompts; the split itself does not depend on it
 
 
-def measure(model, tokenizer, prompts: list[str], max_new_tokens: int, context_lookup: bool = True) -> dict:
-    """Per-mask acceptance and tokens per pass of greedy SPACE at the full layout, pooled over `prompts`."""
+def measure(model, tokenizer, prompts: list[str], max_new_tokens: int, context_lookup: bool = True,
+            lookup_extension: int = LOOKUP_EXTENSION) -> dict:
+    """Per-mask acceptance and tokens per pass of greedy SPACE at the full layout, pooled over `prompts`.
+
+    With the lookup's extension, a pass after one that accepted an extension in part has no drafts and counts as a
+    rejection of mask 0 here: `lookup_extension=0` gives the masks' own rates."""
     trained = SpaceConfig.of(model).num_mask_tokens
     emitted, accepted = [], []
     for prompt in tqdm(prompts, desc="held-out prompts", leave=False):
         ids = encode_prompts(tokenizer, [prompt])["input_ids"]
         out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, use_space=True,
                              return_dict_in_generate=True, space_layout=SpaceLayoutPlan.full(trained),
-                             context_lookup=context_lookup)
+                             context_lookup=context_lookup, lookup_extension=lookup_extension)
         passes = out.tokens_per_pass[0]
         emitted += passes[1:]  # the first pass (prefill) has no candidates to verify
         accepted += [count - 1 for count in passes[1:-1]]  # the last pass may be cut short by a stop
@@ -91,6 +96,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-context-lookup", action="store_true",
                         help="Draft from the masks alone (default: with the context lookup, as generate does).")
+    parser.add_argument("--lookup-extension", type=int, default=LOOKUP_EXTENSION,
+                        help="Most lookup tokens drafted after the masks' drafts (default: as generate; 0: none).")
     add_dtype_argument(parser)
     parser.add_argument("--output", default="bench_out/heldout", help="Folder for results.json (and curve.png).")
     args = parser.parse_args()
@@ -111,7 +118,8 @@ def main() -> None:
     results: dict[str, dict] = {}
     for path in args.models:
         model, tokenizer = load_model(path, dtype=getattr(torch, args.dtype))
-        results[path] = {suite: measure(model, tokenizer, prompts, args.max_new_tokens, not args.no_context_lookup)
+        results[path] = {suite: measure(model, tokenizer, prompts, args.max_new_tokens, not args.no_context_lookup,
+                                        args.lookup_extension)
                          for suite, prompts in suites.items() if prompts}
         for suite, result in results[path].items():
             logger.info("%s %s: acceptance per mask %s, %.2f tokens per pass (%d passes)", path, suite,
@@ -121,7 +129,8 @@ def main() -> None:
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     settings = {"code": args.code, "chat": args.chat, "max_new_tokens": args.max_new_tokens,
-                "packages": args.packages, "dtype": args.dtype, "context_lookup": not args.no_context_lookup}
+                "packages": args.packages, "dtype": args.dtype, "context_lookup": not args.no_context_lookup,
+                "lookup_extension": args.lookup_extension}
     (output / "results.json").write_text(json.dumps({"settings": settings, "results": results}, indent=2) + "\n")
     if sum(step_of(path) is not None for path in args.models) >= 2:
         plot(results, output / "curve.png")

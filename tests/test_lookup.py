@@ -267,3 +267,17 @@ def test_lossless_with_the_extension_at_every_length_and_layout(arch, monkeypatc
             space = model.generate(batch, use_space=True, space_layout=plan, lookup_extension=4, **kwargs)
             assert torch.equal(plain, space), (arch, plan, "batch")
     assert extended, arch
+
+
+def test_lookup_extension_setting_from_the_generation_config(monkeypatch):
+    """`generation_config.lookup_extension` is read as `context_lookup` is, and an explicit argument wins."""
+    monkeypatch.setattr(candidates_module, "EXTENSION_MIN_NGRAM", 2)  # so that this tiny model's text extends
+    model = tiny_model("llama", seed=0, num_mask_tokens=2, drafty=True)
+    prompt = repetitive_prompt(0, 18)
+    kwargs = dict(do_sample=False, max_new_tokens=24, use_space=True, return_dict_in_generate=True)
+    with_extension = model.generate(prompt, **kwargs).tokens_per_pass
+    explicit_off = model.generate(prompt, lookup_extension=0, **kwargs).tokens_per_pass
+    assert with_extension != explicit_off
+    model.generation_config.lookup_extension = 0
+    assert model.generate(prompt, **kwargs).tokens_per_pass == explicit_off
+    assert model.generate(prompt, lookup_extension=4, **kwargs).tokens_per_pass == with_extension

@@ -128,7 +128,8 @@ def calibrate_acceptance(
     `auto_plan` then plans for.
 
     Only passes that verified a full set of candidates count (not the first pass, nor a last pass cut short
-    by a stop).
+    by a stop). The lookup's extension is off here: the rates are the masks' (with the lookup's choices among their
+    top tokens), the k drafts a plan's pass verifies, and a pass after an extension accepted in part verifies none.
     """
     if kinds is not None and len(kinds) != len(prompts):
         raise ValueError(f"`kinds` should give one kind per prompt: {len(kinds)} kinds for {len(prompts)} prompts.")
@@ -137,7 +138,7 @@ def calibrate_acceptance(
     for index, prompt in enumerate(prompts):
         out = model.generate(
             prompt, max_new_tokens=max_new_tokens, do_sample=False, use_space=True, return_dict_in_generate=True,
-            space_layout=SpaceLayoutPlan.full(space_config.num_mask_tokens),
+            space_layout=SpaceLayoutPlan.full(space_config.num_mask_tokens), lookup_extension=0,
         )
         kind = kinds[index] if kinds is not None else ""
         counts.setdefault(kind, []).extend(emitted - 1 for emitted in out.tokens_per_pass[0][1:-1])
