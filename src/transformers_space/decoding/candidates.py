@@ -95,7 +95,7 @@ class SpaceCandidateGenerator(CandidateGenerator):
         """[batch, e] the lookup's tokens after the masks' drafts, for the rows that followed it through every mask
         (`rest`: the lookups' remaining columns, -1 where a row has none); e = the longest such run, shorter rows
         padded with token 0 (any token is safe to verify: one that happens to be accepted is the model's own)."""
-        width = int((rest >= 0).sum(1).max()) if rest.numel() else 0
+        width = int((rest >= 0).sum(1).max())
         return rest[:, :width].clamp(min=0)
 
     @staticmethod

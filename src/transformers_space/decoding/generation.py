@@ -107,16 +107,10 @@ def space_generate(model, base_generate, inputs=None, generation_config=None, lo
     if not isinstance(weights_first, bool):
         raise TypeError(f"`weights_first` should be a bool, got {weights_first!r}.")
     num_mask_tokens, space_layout = kwargs.pop("num_mask_tokens", None), kwargs.pop("space_layout", None)
-    context_lookup = kwargs.pop("context_lookup", None)
-    if context_lookup is None:
-        context_lookup = _own_config(model, generation_config, "context_lookup")
-    context_lookup = True if context_lookup is None else context_lookup
+    context_lookup = _setting(model, generation_config, kwargs, "context_lookup", True)
     if not isinstance(context_lookup, bool):
         raise TypeError(f"`context_lookup` should be a bool, got {context_lookup!r}.")
-    lookup_extension = kwargs.pop("lookup_extension", None)
-    if lookup_extension is None:
-        lookup_extension = _own_config(model, generation_config, "lookup_extension")
-    lookup_extension = LOOKUP_EXTENSION if lookup_extension is None else lookup_extension
+    lookup_extension = _setting(model, generation_config, kwargs, "lookup_extension", LOOKUP_EXTENSION)
     if isinstance(lookup_extension, bool) or not isinstance(lookup_extension, int):
         raise TypeError(f"`lookup_extension` should be an int (tokens; 0 turns it off), got {lookup_extension!r}.")
     if lookup_extension < 0:
@@ -200,6 +194,14 @@ def default_use_space(model, generation_config: GenerationConfig | None) -> bool
     nothing of SPACE; the assistant drafts with SPACE when its own `generation_config.use_space` is True.
     """
     return bool(_own_config(model, generation_config, "use_space"))
+
+
+def _setting(model, generation_config: GenerationConfig | None, kwargs: dict, name: str, default):
+    """A SPACE setting from `generate`'s keyword arguments (popped), else the generation config, else `default`."""
+    value = kwargs.pop(name, None)
+    if value is None:
+        value = _own_config(model, generation_config, name)
+    return default if value is None else value
 
 
 def _own_config(model, generation_config: GenerationConfig | None, name: str):

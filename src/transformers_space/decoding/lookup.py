@@ -22,9 +22,9 @@ Drafts only, as every draft: verification is unchanged, so greedy output stays e
 only: a sampled draft must be drawn from the distribution q it is verified against, and a rule that picks between
 two sources is not such a draw, so sampling drafts from the masks alone.
 
-A pure function of a token list, tested alone (tests/test_lookup.py); the rule that uses it is
-`SpaceCandidateGenerator._prefer_lookup`. Imports only the standard library (it ships
-as remote code).
+Pure functions of a token list, tested alone (tests/test_lookup.py); the rules that use them are
+`SpaceCandidateGenerator._lookups` (which rows extend), `_prefer_lookup` and `_extension`. Imports only the
+standard library (it ships as remote code).
 """
 
 from __future__ import annotations
